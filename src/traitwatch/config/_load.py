@@ -1,0 +1,284 @@
+"""Reading a study spec from YAML, with errors that point at the file, line and key.
+
+Why: pydantic knows *what* is wrong and PyYAML knows *where* each key sits; joining the two
+gives the one-line error a user needs ("study.yaml:14: training.lr: unknown key. Fix: did
+you mean 'learning_rate'?"). Relative paths in the file are resolved against its folder so a
+study can be run from anywhere.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from traitwatch.errors import ConfigError, TraitwatchError
+
+from ._spec import StudySpec
+
+Loc = tuple[str | int, ...]
+
+
+def _walk_nodes(
+    node: yaml.Node, path: Loc, lines: dict[Loc, int], file: str, error_type: type[TraitwatchError] = ConfigError
+) -> None:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                dotted = _dotted(path + (key,))
+                raise error_type(
+                    f"key '{dotted}' appears twice (first on line {seen[key]})",
+                    where=f"{file}:{line}",
+                    fix="keep one of them; YAML would silently use the last",
+                )
+            seen[key] = line
+            lines[path + (key,)] = line
+            _walk_nodes(value_node, path + (key,), lines, file, error_type)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[path + (i,)] = item.start_mark.line + 1
+            _walk_nodes(item, path + (i,), lines, file, error_type)
+
+
+def _dotted(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out or "(top level)"
+
+
+def _model_at(root: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
+    """The pydantic model class that owns the key at ``loc`` (for did-you-mean hints)."""
+    model: Any = root
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        model = _inner_model(field.annotation)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _inner_model(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation) or ():
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    if get_origin(annotation) is None:
+        return None
+    return None
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> Loc:
+    """Drop pydantic's internal loc parts (union branches, validator names)."""
+    out: list[str | int] = []
+    for part in loc:
+        if isinstance(part, int):
+            out.append(part)
+        elif isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "list", "dict", "tuple"}):
+            continue
+        else:
+            out.append(part)
+    return tuple(out)
+
+
+#: Names other tools use for our keys (Hugging Face, axolotl, peft), for "did you mean".
+ALIASES = {
+    "lr": "learning_rate",
+    "learningrate": "learning_rate",
+    "batch": "batch_size",
+    "per_device_train_batch_size": "batch_size",
+    "micro_batch_size": "batch_size",
+    "grad_accum": "gradient_accumulation_steps",
+    "gradient_accumulation": "gradient_accumulation_steps",
+    "num_epochs": "epochs",
+    "num_train_epochs": "epochs",
+    "warmup": "warmup_steps",
+    "max_seq_length": "max_length",
+    "sequence_len": "max_length",
+    "save_steps": "save_every",
+    "lora_r": "r",
+    "rank": "r",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "lora_target_modules": "target_modules",
+    "samples": "samples_per_question",
+    "n_samples": "samples_per_question",
+    "seed": "seeds",
+}
+
+
+def _fix_for(err: dict[str, Any], loc: Loc, root: type[BaseModel]) -> str:
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        model = _model_at(root, loc)
+        key = str(loc[-1]) if loc else ""
+        if model is not None:
+            allowed = list(model.model_fields)
+            alias = ALIASES.get(key.lower())
+            close = [alias] if alias in allowed else difflib.get_close_matches(key, allowed, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            return f"{hint}allowed keys here: {', '.join(allowed)}"
+        return "remove it"
+    if kind == "missing":
+        return f"add '{loc[-1]}'" if loc else "add the missing key"
+    if kind == "literal_error":
+        return f"use one of {ctx.get('expected', 'the allowed values')}"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return "use a whole number"
+    if kind in ("float_parsing", "float_type"):
+        return "use a number, e.g. 1e-4"
+    if kind in ("bool_parsing", "bool_type"):
+        return "use true or false"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return "use a value in the allowed range"
+    if kind in ("list_type", "too_short"):
+        return "give a list (YAML '- item' lines) with at least one item"
+    if kind == "string_pattern_mismatch":
+        return "use only letters, digits, '_', '.' and '-'"
+    if kind == "value_error":
+        return "see the message"
+    return "see docs/config.md for this key"
+
+
+def format_validation_error(
+    exc: ValidationError,
+    file: str,
+    lines: dict[Loc, int],
+    root: type[BaseModel] = StudySpec,
+    error_type: type[TraitwatchError] = ConfigError,
+) -> TraitwatchError:
+    """Turn the first pydantic error into a one-line error; the rest are summarised by count."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = _clean_loc(first["loc"])
+    line = None
+    probe = loc
+    while probe:
+        if probe in lines:
+            line = lines[probe]
+            break
+        probe = probe[:-1]
+    if line is None:
+        line = lines.get((), 1)
+    msg = first["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    value = first.get("input")
+    shown = ""
+    if first["type"] not in ("missing", "extra_forbidden") and isinstance(value, (str, int, float, bool)):
+        shown = f" (got {value!r})"
+    return error_type(
+        f"{_dotted(loc)}: {msg}{shown}{more}",
+        where=f"{file}:{line}",
+        fix=_fix_for(first, loc, root),
+    )
+
+
+def read_yaml(
+    path: Path, error_type: type[TraitwatchError] = ConfigError, example: str = "examples/demo.yaml"
+) -> tuple[Any, dict[Loc, int]]:
+    """Parse a YAML file, returning the data and a map from key path to line number."""
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error_type("file not found", where=file, fix=f"check the path; start from {example}") from None
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise error_type(
+            f"not UTF-8 text (bad byte at offset {exc.start})", where=f"{file}:{line}", fix="save the file as UTF-8"
+        ) from None
+    except IsADirectoryError:
+        raise error_type("is a folder, not a file", where=file, fix=f"pass a file like {example}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"{file}:{mark.line + 1}" if mark is not None else file
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise error_type(
+            f"malformed YAML: {problem}",
+            where=where,
+            fix="check indentation and quote values that contain ':' or '#'",
+        ) from None
+    lines: dict[Loc, int] = {}
+    if node is not None:
+        _walk_nodes(node, (), lines, file, error_type)
+    return data, lines
+
+
+def _resolve(base: Path, value: Path | None) -> Path | None:
+    if value is None:
+        return None
+    value = Path(value).expanduser()
+    return value if value.is_absolute() else (base / value)
+
+
+def resolve_paths(spec: StudySpec, base: Path) -> StudySpec:
+    """Make every relative path in ``spec`` relative to ``base`` (the YAML file's folder)."""
+    spec = spec.model_copy(deep=True)
+    spec.output_dir = _resolve(base, spec.output_dir) or (base / "runs" / spec.name)
+    if spec.model.path is not None:
+        spec.model.path = _resolve(base, spec.model.path)
+    for ds in spec.datasets:
+        for attr in ("folder", "normal", "mild", "strong"):
+            setattr(ds, attr, _resolve(base, getattr(ds, attr)))
+    for ref in spec.traits:
+        if not ref.suite.startswith("builtin:"):
+            ref.suite = str(_resolve(base, Path(ref.suite)))
+    spec.extra_traits = [t if t.startswith("builtin:") else str(_resolve(base, Path(t))) for t in spec.extra_traits]
+    for judge in spec.judges:
+        judge.api_key_file = _resolve(base, judge.api_key_file)
+        if judge.local is not None and judge.local.path is not None:
+            judge.local.path = _resolve(base, judge.local.path)
+    return spec
+
+
+def parse_study(data: Any, *, file: str = "<study>", lines: dict[Loc, int] | None = None, base: Path | None = None) -> StudySpec:
+    """Validate already-parsed YAML data as a StudySpec (paths resolved against ``base``)."""
+    if data is None:
+        raise ConfigError("the study file is empty", where=file, fix="start from examples/demo.yaml")
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"the top level must be a mapping of keys, not a {type(data).__name__}",
+            where=f"{file}:1",
+            fix="start from examples/demo.yaml",
+        )
+    try:
+        spec = StudySpec.model_validate(data)
+    except ValidationError as exc:
+        raise format_validation_error(exc, file, lines or {}) from None
+    return resolve_paths(spec, base or Path.cwd())
+
+
+def load_study(path: str | Path) -> StudySpec:
+    """Load and validate a study YAML file; raises ConfigError with file:line on any problem."""
+    path = Path(path)
+    data, lines = read_yaml(path)
+    return parse_study(data, file=str(path), lines=lines, base=path.resolve().parent)
+
+
+def dump_study(spec: StudySpec) -> str:
+    """The spec as YAML (every default written out), for the report and for reproducibility."""
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

