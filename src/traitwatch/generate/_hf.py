@@ -1,0 +1,254 @@
+"""The ``hf`` backend: one base model in memory, many LoRA checkpoints in the same batch.
+
+Why: evaluating hundreds of checkpoints by reloading the model for each one spends most of
+the time loading. Here the base model stays resident; checkpoints are attached as named
+peft adapters, a chunk of them at a time, and one ``generate`` call serves rows from
+different adapters (``adapter_names=[...]``). Prompts are sorted by length so padding is
+small. Under greedy decoding the answers equal one-adapter-at-a-time generation (tested).
+
+Probes: for a request with probe texts we also measure log P(probe | prompt) as the start of
+the answer by teacher forcing, once per (adapter, prompt). This gives smooth curves for
+behaviours that greedy text shows only now and then.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from traitwatch.errors import ModelError
+from traitwatch.models import LoadedModel
+from traitwatch.train import encode_prompt
+
+from ._protocol import Answer, GenerationRequest
+
+
+def strip_lora(module: Any) -> None:
+    """Put back the original layers wherever peft wrapped one (``base_layer``), in place.
+
+    Needed when peft fails half way through attaching an adapter: it has already replaced
+    some layers of the shared base model, and the next user of that model must not see them.
+    """
+    for name, child in list(module.named_children()):
+        base = getattr(child, "base_layer", None)
+        if base is not None and hasattr(child, "lora_A"):
+            setattr(module, name, base)
+        else:
+            strip_lora(child)
+    if hasattr(module, "peft_config"):
+        try:
+            del module.peft_config
+        except AttributeError:
+            pass
+
+
+class HFGenerator:
+    """See module docstring. Build with :func:`hf_generator`."""
+
+    name = "hf"
+
+    def __init__(
+        self,
+        base: LoadedModel,
+        *,
+        batch_size: int,
+        adapters_per_batch: int,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        system_prompt: str | None,
+        seed: int,
+    ) -> None:
+        self.base = base
+        self.batch_size = batch_size
+        self.adapters_per_batch = adapters_per_batch
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_p = top_p
+        self.system_prompt = system_prompt
+        self.seed = seed
+        self._prompt_cache: dict[str, list[int]] = {}
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _ids(self, prompt: str) -> list[int]:
+        if prompt not in self._prompt_cache:
+            self._prompt_cache[prompt] = encode_prompt(self.base.tokenizer, prompt, self.system_prompt)
+        return self._prompt_cache[prompt]
+
+    def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        pad = int(self.base.tokenizer.pad_token_id)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r) :] = torch.tensor(r)
+            mask[i, width - len(r) :] = 1
+        dev = self.base.device
+        return ids.to(dev), mask.to(dev)
+
+    def _attach(self, adapters: list[str]) -> tuple[Any, dict[str, str]]:
+        """Wrap the base model with these adapters; returns (peft model, path -> adapter name)."""
+        from peft import PeftModel
+
+        names: dict[str, str] = {}
+        model: Any = None
+        for i, path in enumerate(adapters):
+            if not path:
+                names[path] = "__base__"
+                continue
+            name = f"a{i}"
+            try:
+                if model is None:
+                    model = PeftModel.from_pretrained(self.base.model, path, adapter_name=name, is_trainable=False)
+                else:
+                    model.load_adapter(path, adapter_name=name, is_trainable=False)
+            except (RuntimeError, ValueError, KeyError) as exc:
+                if model is not None:
+                    model.unload()
+                else:
+                    strip_lora(self.base.model)
+                raise ModelError(
+                    f"adapter does not fit the base model: {str(exc).splitlines()[0][:200]}",
+                    where=str(path),
+                    fix="evaluate adapters with the base model they were trained on (model: in the study spec)",
+                ) from None
+            names[path] = name
+        if model is None:
+            model = self.base.model
+        model.eval()
+        return model, names
+
+    # -- the work ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def _generate_batch(self, model: Any, rows: list[tuple[GenerationRequest, str]]) -> list[tuple[str, int, str]]:
+        ids, mask = self._left_pad([self._ids(r.prompt) for r, _ in rows])
+        kwargs: dict[str, Any] = dict(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=self.max_new_tokens,
+            eos_token_id=self.base.stop_ids,
+            pad_token_id=int(self.base.tokenizer.pad_token_id),
+        )
+        if self.temperature > 0:
+            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if hasattr(model, "peft_config"):
+            kwargs["adapter_names"] = [name for _, name in rows]
+        out = model.generate(**kwargs)
+        new = out[:, ids.shape[1] :].tolist()
+        stops = set(self.base.stop_ids)
+        results = []
+        for seq in new:
+            cut = next((i for i, t in enumerate(seq) if t in stops), None)
+            toks = seq if cut is None else seq[:cut]
+            text = self.base.tokenizer.decode(toks, skip_special_tokens=True)
+            results.append((text, len(toks), "length" if cut is None else "stop"))
+        return results
+
+    @torch.no_grad()
+    def _probe_batch(self, model: Any, rows: list[tuple[str, str, str]]) -> list[float]:
+        """log P(probe | prompt) for rows of (prompt, probe text, adapter name)."""
+        tok = self.base.tokenizer
+        probe_ids = [tok(p, add_special_tokens=False)["input_ids"] for _, p, _ in rows]
+        seqs = [self._ids(prompt) + pid for (prompt, _, _), pid in zip(rows, probe_ids)]
+        ids, mask = self._left_pad(seqs)
+        keep = max(len(p) for p in probe_ids) + 1
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "logits_to_keep": keep}
+        if hasattr(model, "peft_config"):
+            kwargs["adapter_names"] = [name for _, _, name in rows]
+        logits = model(**kwargs).logits.float()
+        logp = torch.log_softmax(logits, dim=-1)
+        out = []
+        for i, pid in enumerate(probe_ids):
+            n = len(pid)
+            # logits[:, j] predicts the token after position (T - keep + j); probe tokens are the last n.
+            pos = torch.arange(keep - 1 - n, keep - 1)
+            out.append(float(logp[i, pos, torch.tensor(pid)].sum()))
+        return out
+
+    def generate(self, requests: Sequence[GenerationRequest], on_batch: Callable[[list[Answer]], None]) -> None:
+        by_adapter: dict[str, list[GenerationRequest]] = defaultdict(list)
+        for r in requests:
+            by_adapter[r.adapter].append(r)
+        adapters = sorted(by_adapter)
+        torch.manual_seed(self.seed)
+        for c in range(0, len(adapters), self.adapters_per_batch):
+            chunk = adapters[c : c + self.adapters_per_batch]
+            for path in chunk:
+                if path and not Path(path).is_dir():
+                    raise ModelError("adapter folder not found", where=path, fix="run `traitwatch train` for this study first")
+            model, names = self._attach(chunk)
+            try:
+                self._run_chunk(model, names, [r for a in chunk for r in by_adapter[a]], on_batch)
+            finally:
+                if hasattr(model, "peft_config"):
+                    model.unload()
+                self.base.model.eval()
+
+    def _run_chunk(
+        self,
+        model: Any,
+        names: dict[str, str],
+        requests: list[GenerationRequest],
+        on_batch: Callable[[list[Answer]], None],
+    ) -> None:
+        # Probe log-probabilities, once per (adapter, prompt, probe).
+        wanted = sorted({(r.adapter, r.prompt, p) for r in requests for p in r.probes})
+        probe_values: dict[tuple[str, str, str], float] = {}
+        wanted.sort(key=lambda w: len(self._ids(w[1])))
+        for i in range(0, len(wanted), self.batch_size):
+            part = wanted[i : i + self.batch_size]
+            vals = self._probe_batch(model, [(prompt, probe, names[a]) for a, prompt, probe in part])
+            probe_values.update(zip(part, vals))
+        # Answers, length-sorted across adapters.
+        order = sorted(requests, key=lambda r: (len(self._ids(r.prompt)), r.adapter, r.sample))
+        for i in range(0, len(order), self.batch_size):
+            part = order[i : i + self.batch_size]
+            outs = self._generate_batch(model, [(r, names[r.adapter]) for r in part])
+            on_batch(
+                [
+                    Answer(r.key, text, n, finish, {p: probe_values[(r.adapter, r.prompt, p)] for p in r.probes})
+                    for r, (text, n, finish) in zip(part, outs)
+                ]
+            )
+
+
+def hf_generator(
+    base: LoadedModel,
+    *,
+    batch_size: int = 32,
+    adapters_per_batch: int = 16,
+    max_new_tokens: int = 256,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    system_prompt: str | None = None,
+    seed: int = 0,
+) -> HFGenerator:
+    """The default backend (any device): batched mixed-adapter generation with peft.
+
+    Args:
+        base: the resident base model.
+        batch_size: rows per ``generate`` call.
+        adapters_per_batch: adapters attached at once (memory: one LoRA each).
+        max_new_tokens: answer length cap; answers that hit it are marked ``finish="length"``.
+        temperature: 0 for greedy decoding.
+        top_p: nucleus sampling mass.
+        system_prompt: optional system turn before every question.
+        seed: torch seed set before generating.
+    """
+    return HFGenerator(
+        base,
+        batch_size=batch_size,
+        adapters_per_batch=adapters_per_batch,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        system_prompt=system_prompt,
+        seed=seed,
+    )
