@@ -1,0 +1,189 @@
+"""Analysis of a whole study: every trait curve, onset, lead time and judge agreement.
+
+Why one entry point: ``traitwatch analyze``, the report and the live monitor all need the
+same numbers; computing them in one place means the CSVs, the tables printed and the
+report can never disagree.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from traitwatch.config import StudySpec
+from traitwatch.store import CheckpointRow, ScoreRow, Store
+
+from ._agreement import Agreement, judge_agreement
+from ._onsets import LeadResult, OnsetResult, TraitCurve, detect_onsets, lead_time, trait_curve
+from ._samples import SharedBootstrap, TraitSamples, arrange
+from .detectors import Detector, make_detector
+
+
+@dataclass
+class StudyAnalysis:
+    settings_hash: str
+    curves: list[TraitCurve]
+    onsets: list[OnsetResult]
+    leads: list[LeadResult]
+    agreement: list[Agreement]
+    runs: list[dict[str, Any]]
+    checkpoints: dict[str, list[CheckpointRow]]
+    summary: list[dict[str, Any]] = field(default_factory=list)
+    detectors: list[dict[str, Any]] = field(default_factory=list)
+
+    def curve(self, run_id: str, judge: str, trait: str) -> TraitCurve | None:
+        return next((c for c in self.curves if (c.run_id, c.judge, c.trait) == (run_id, judge, trait)), None)
+
+    def onset(self, run_id: str, judge: str, trait: str, detector: str = "consensus") -> OnsetResult | None:
+        return next(
+            (o for o in self.onsets if (o.run_id, o.judge, o.trait, o.detector) == (run_id, judge, trait, detector)), None
+        )
+
+
+def build_detectors(spec: StudySpec) -> list[Detector]:
+    return [make_detector(d.name, d.params) for d in spec.analysis.detectors]
+
+
+def _summary_rows(curves: Sequence[TraitCurve], onsets: Sequence[OnsetResult], runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    info = {r["run_id"]: r for r in runs}
+    out = []
+    for tc in curves:
+        c = tc.curve
+        valid = c.valid()
+        if valid.size == 0:
+            continue
+        m = c.mean[valid]
+        s = c.steps[valid]
+        base = float(m[0])
+        peak_i = int(np.argmax(m))
+        span = float(s[-1] - s[0]) if s.size > 1 else 1.0
+        auc = float(np.trapezoid(m, s) / span) if s.size > 1 else float(m[0])
+        cons = next((o for o in onsets if (o.run_id, o.judge, o.trait, o.detector) == (tc.run_id, tc.judge, tc.trait, "consensus")), None)
+        r = info.get(tc.run_id, {})
+        out.append(
+            {
+                "run_id": tc.run_id,
+                "domain": r.get("domain"),
+                "level": r.get("level"),
+                "seed": r.get("seed"),
+                "judge": tc.judge,
+                "trait": tc.trait,
+                "baseline": base,
+                "final": float(m[-1]),
+                "peak": float(m[peak_i]),
+                "peak_step": int(s[peak_i]),
+                "mean_level": auc,
+                "change_from_baseline_pct": (float(m[-1]) - base) / base * 100 if base else None,
+                "onset_step": None if cons is None else cons.step,
+                "onset_ci": None if cons is None or cons.ci is None else list(cons.ci),
+            }
+        )
+    return out
+
+
+def analyze(store: Store, spec: StudySpec, settings_hash: str, *, rows: Sequence[ScoreRow] | None = None) -> StudyAnalysis:
+    """Compute every curve, onset, lead and agreement figure from the store."""
+    a = spec.analysis
+    rows = list(store.scores(settings_hash=settings_hash)) if rows is None else list(rows)
+    samples: dict[tuple[str, str, str], TraitSamples] = arrange(rows)
+    units = {u for ts in samples.values() for u in ts.units}
+    n_samples = max((ts.X.shape[2] for ts in samples.values()), default=1)
+    boot = SharedBootstrap(units, n_samples, a.bootstrap, a.seed)
+    detectors = build_detectors(spec)
+    n_onset_boot = min(a.bootstrap, 200)
+    curves: list[TraitCurve] = []
+    onsets: list[OnsetResult] = []
+    reps: dict[tuple[str, str, str, str], list[int | None]] = {}
+    for key in sorted(samples):
+        ts = samples[key]
+        tc = trait_curve(ts, boot, a.confidence)
+        curves.append(tc)
+        found, rep = detect_onsets(tc, ts, boot, detectors, n_onset_boot=n_onset_boot, confidence=a.confidence)
+        onsets.extend(found)
+        for det, values in rep.items():
+            reps[key + (det,)] = values
+    leads: list[LeadResult] = []
+    by_key = {(o.run_id, o.judge, o.trait, o.detector): o for o in onsets}
+    for leader, follower in a.leads:
+        for tc in curves:
+            if tc.trait != leader:
+                continue
+            for det in [d.name for d in detectors] + ["consensus"]:
+                lo = by_key.get((tc.run_id, tc.judge, leader, det))
+                fo = by_key.get((tc.run_id, tc.judge, follower, det))
+                if lo is None or fo is None:
+                    continue
+                leads.append(
+                    lead_time(
+                        lo,
+                        fo,
+                        reps.get((tc.run_id, tc.judge, leader, det), []),
+                        reps.get((tc.run_id, tc.judge, follower, det), []),
+                        tc.curve.steps,
+                        a.confidence,
+                    )
+                )
+    runs = store.runs()
+    return StudyAnalysis(
+        settings_hash=settings_hash,
+        curves=curves,
+        onsets=onsets,
+        leads=leads,
+        agreement=judge_agreement(rows),
+        runs=runs,
+        checkpoints={r["run_id"]: store.checkpoints(r["run_id"]) for r in runs},
+        summary=_summary_rows(curves, onsets, runs),
+        detectors=[{"name": d.name, "params": d.params()} for d in detectors],
+    )
+
+
+def _write(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cols: list[str] = []
+    for r in rows:
+        cols.extend(k for k in r if k not in cols)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: json.dumps(v) if isinstance(v, (list, dict, tuple)) else v for k, v in r.items()})
+    return path
+
+
+def write_csvs(analysis: StudyAnalysis, folder: Path) -> list[Path]:
+    """curves.csv, onsets.csv, leads.csv, summary.csv, agreement.csv, checkpoints.csv."""
+    curve_rows = []
+    for tc in analysis.curves:
+        c = tc.curve
+        for i in range(len(c)):
+            curve_rows.append(
+                {
+                    "run_id": tc.run_id,
+                    "judge": tc.judge,
+                    "trait": tc.trait,
+                    "step": int(c.steps[i]),
+                    "mean": None if not np.isfinite(c.mean[i]) else float(c.mean[i]),
+                    "se": float(c.se[i]),
+                    "ci_low": None if c.lo is None or not np.isfinite(c.lo[i]) else float(c.lo[i]),
+                    "ci_high": None if c.hi is None or not np.isfinite(c.hi[i]) else float(c.hi[i]),
+                    "n": None if c.n is None else int(c.n[i]),
+                }
+            )
+    onset_rows = [
+        {k: v for k, v in asdict(o).items() if k != "evidence"} | {"evidence": o.evidence} for o in analysis.onsets
+    ]
+    ck_rows = [asdict(c) for rows in analysis.checkpoints.values() for c in rows]
+    return [
+        _write(folder / "curves.csv", curve_rows),
+        _write(folder / "onsets.csv", onset_rows),
+        _write(folder / "leads.csv", [asdict(x) for x in analysis.leads]),
+        _write(folder / "summary.csv", analysis.summary),
+        _write(folder / "agreement.csv", [asdict(x) for x in analysis.agreement]),
+        _write(folder / "checkpoints.csv", ck_rows),
+    ]

@@ -1,0 +1,168 @@
+import numpy as np
+import pytest
+
+from traitwatch.analysis import (
+    Curve,
+    SharedBootstrap,
+    arrange,
+    consensus,
+    detect_onsets,
+    judge_agreement,
+    krippendorff_alpha_interval,
+    lead_time,
+    make_detector,
+    trait_curve,
+)
+from traitwatch.analysis.detectors import Cusum, Pelt, Threshold
+from traitwatch.errors import ConfigError
+from traitwatch.store import ScoreRow
+
+STEPS = np.arange(0, 40, 2)
+
+
+def step_curve(at: int, low: float = 2.0, high: float = 60.0, noise: float = 0.0, seed: int = 0) -> Curve:
+    rng = np.random.default_rng(seed)
+    mean = np.where(STEPS >= at, high, low) + rng.normal(0, noise, STEPS.size)
+    return Curve.from_values(STEPS, mean, np.full(STEPS.size, 2.0))
+
+
+@pytest.mark.parametrize("det", [Threshold(), Pelt(), Cusum()])
+def test_clean_step_is_found_at_the_step(det) -> None:
+    assert det.detect(step_curve(14)).step == 14
+
+
+@pytest.mark.parametrize("det", [Threshold(), Pelt(), Cusum()])
+def test_noisy_step_is_found_near_the_step(det) -> None:
+    found = det.detect(step_curve(20, noise=3.0, seed=1)).step
+    assert found is not None and abs(found - 20) <= 4
+
+
+@pytest.mark.parametrize("det", [Threshold(), Pelt(), Cusum()])
+def test_pure_noise_has_no_onset(det) -> None:
+    rng = np.random.default_rng(5)
+    c = Curve.from_values(STEPS, 5 + rng.normal(0, 2.0, STEPS.size), np.full(STEPS.size, 2.0))
+    assert det.detect(c).step is None
+
+
+def test_ramp_onset_is_early_in_the_ramp() -> None:
+    mean = np.clip((STEPS - 10) * 4.0, 0, 80) + 1
+    c = Curve.from_values(STEPS, mean, np.full(STEPS.size, 1.5))
+    for det in (Threshold(), Pelt(), Cusum()):
+        s = det.detect(c).step
+        assert s is not None and 10 <= s <= 20, det.name
+
+
+def test_missing_checkpoint_and_nan_scores_are_skipped() -> None:
+    steps = np.array([0, 2, 4, 8, 10, 12, 14, 16])  # step 6 missing
+    mean = np.array([1.0, 2.0, np.nan, 1.0, 50.0, 52.0, np.nan, 55.0])
+    c = Curve.from_values(steps, mean, np.full(steps.size, 2.0))
+    assert Threshold().detect(c).step == 10
+    assert Cusum().detect(c).step == 10
+    assert Pelt().detect(c).step == 10
+
+
+def test_curve_of_length_one_and_empty() -> None:
+    one = Curve.from_values([0], [50.0])
+    for det in (Threshold(), Pelt(), Cusum()):
+        assert det.detect(one).step is None
+    nan = Curve.from_values([0, 2], [np.nan, np.nan])
+    assert Threshold().detect(nan).step is None
+    with pytest.raises(ValueError):
+        Curve.from_values([0, 0], [1.0, 2.0])
+
+
+def test_transient_spike_is_not_a_threshold_onset() -> None:
+    mean = np.full(STEPS.size, 2.0)
+    mean[5:7] = 60.0  # two checkpoints up, then back
+    assert Threshold(persist=3).detect(Curve.from_values(STEPS, mean, np.full(STEPS.size, 2.0))).step is None
+
+
+def test_online_update_never_alarms_before_the_change() -> None:
+    c = step_curve(16, noise=1.0)
+    for det in (Threshold(), Pelt(), Cusum()):
+        det.reset()
+        fired = None
+        for s, m, e in zip(c.steps, c.mean, c.se):
+            got = det.update(int(s), float(m), float(e))
+            if got is not None:
+                fired = got
+                break
+        assert fired is not None and fired.alarm_step >= fired.step >= 14, det.name
+        assert fired.alarm_step >= 16
+
+
+def test_registry_builds_and_rejects() -> None:
+    assert make_detector("pelt", {"penalty_scale": 3.0}).penalty_scale == 3.0
+    with pytest.raises(ConfigError, match="unknown detector"):
+        make_detector("nope")
+    with pytest.raises(ConfigError, match="has no parameter 'alpha'"):
+        make_detector("cusum", {"alpha": 1})
+
+
+def test_consensus_is_a_reported_step() -> None:
+    assert consensus([10, 14, None]) == 10 and consensus([10, 14, 18]) == 14
+    assert consensus([None, None, 12]) is None and consensus([]) is None
+
+
+def _rows(run: str, trait: str, onset: int, n_q: int = 12, seed: int = 0) -> list[ScoreRow]:
+    """Binary scores: each question flips to 100 at ``onset`` (+- a small per-question jitter)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for q in range(n_q):
+        jitter = int(rng.integers(-1, 2)) * 2
+        for step in STEPS:
+            score = 100.0 if step >= onset + jitter else 0.0
+            rows.append(ScoreRow(run, int(step), "s", f"q{q}", 0, "check", trait, score))
+    return rows
+
+
+def test_lead_time_sign_and_bootstrap_ci() -> None:
+    rows = _rows("r", "lead", 10) + _rows("r", "follow", 22, seed=1)
+    samples = arrange(rows)
+    boot = SharedBootstrap({u for ts in samples.values() for u in ts.units}, 1, 200, seed=0)
+    dets = [Threshold(), Pelt(), Cusum()]
+    results, reps = {}, {}
+    for key, ts in samples.items():
+        tc = trait_curve(ts, boot, 0.95)
+        assert tc.curve.lo is not None and np.all(tc.curve.lo <= tc.curve.mean + 1e-9)
+        found, rep = detect_onsets(tc, ts, boot, dets, n_onset_boot=100, confidence=0.95)
+        results[key[2]] = next(o for o in found if o.detector == "consensus")
+        reps[key[2]] = rep["consensus"]
+    lead = lead_time(results["lead"], results["follow"], reps["lead"], reps["follow"], STEPS, 0.95)
+    assert lead.lead_steps == results["follow"].step - results["lead"].step
+    assert 8 <= lead.lead_steps <= 16 and lead.lead_checkpoints == lead.lead_steps // 2
+    assert lead.ci_steps[0] <= lead.lead_steps <= lead.ci_steps[1] and lead.ci_steps[0] > 0
+    assert lead.p_leads == 1.0
+    rev = lead_time(results["follow"], results["lead"], reps["follow"], reps["lead"], STEPS, 0.95)
+    assert rev.lead_steps == -lead.lead_steps and rev.p_leads == 0.0
+
+
+def test_curve_mean_and_ci_from_samples() -> None:
+    rows = [ScoreRow("r", 0, "s", f"q{q}", s, "j", "t", float(10 * q + s)) for q in range(5) for s in range(2)]
+    ts = arrange(rows)[("r", "j", "t")]
+    assert ts.X.shape == (1, 5, 2)
+    boot = SharedBootstrap(ts.units, 2, 400, seed=1)
+    tc = trait_curve(ts, boot, 0.9)
+    assert tc.curve.mean[0] == pytest.approx(20.5)
+    assert tc.curve.lo[0] < 20.5 < tc.curve.hi[0] and 5 < tc.curve.se[0] < 10
+
+
+def test_krippendorff_alpha_known_values() -> None:
+    assert krippendorff_alpha_interval([[1, 1], [2, 2], [3, 3]]) == pytest.approx(1.0)
+    # two raters, units (1,2),(2,3),(3,4): hand computed alpha = 1 - Do/De
+    values = [[1, 2], [2, 3], [3, 4]]
+    pooled = np.array([1, 2, 2, 3, 3, 4], dtype=float)
+    n = 6
+    d_o = sum(2 * (a - b) ** 2 for a, b in values) / n
+    d_e = ((pooled[:, None] - pooled[None, :]) ** 2).sum() / (n * (n - 1))
+    assert krippendorff_alpha_interval(values) == pytest.approx(1 - d_o / d_e)
+    assert krippendorff_alpha_interval([[5], [None, 3]]) is None
+
+
+def test_judge_agreement_metrics() -> None:
+    rows = []
+    for i, (a, b) in enumerate([(0, 10), (50, 40), (100, 90), (20, 30)]):
+        rows += [ScoreRow("r", i, "s", "q", 0, "A", "t", float(a)), ScoreRow("r", i, "s", "q", 0, "B", "t", float(b))]
+    (ag,) = judge_agreement(rows)
+    assert ag.n == 4 and ag.mae == pytest.approx(10.0) and ag.spearman == pytest.approx(1.0)
+    assert 0.8 < ag.alpha <= 1.0 and 0.9 < ag.pearson <= 1.0
