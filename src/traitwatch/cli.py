@@ -1,0 +1,313 @@
+"""The ``traitwatch`` command line. Commands parse arguments and call the library; no
+business logic lives here (nothing imports this module).
+
+Exit codes: 0 success, 2 a problem with input or environment (one line: where, what, fix),
+3 the spending cap was reached (stored work kept), 130 interrupted (stored work kept).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from collections.abc import Callable
+from importlib.resources import files
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from traitwatch.errors import BudgetExceeded, TraitwatchError
+from traitwatch.progress import console
+
+app = typer.Typer(
+    name="traitwatch",
+    help=(
+        "Watch a LoRA fine-tuning run from the inside: train with dense checkpoints, answer trait "
+        "questions at every checkpoint, judge the answers, find when each trait starts to rise, "
+        "and report lead times with confidence intervals.\n\n"
+        "Start with `traitwatch demo`; run your own study with `traitwatch run study.yaml` "
+        "(see examples/ and docs/config.md). Every command can be stopped and rerun: stored work is never redone."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+StudyArg = Annotated[Path, typer.Argument(help="The study spec (YAML). See examples/ and docs/config.md.", show_default=False)]
+
+
+def friendly(fn: F) -> F:
+    """Turn user-fixable errors into one line and an exit code; keep tracebacks for bugs."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except BudgetExceeded as exc:
+            console.print(f"[bold yellow]stopped:[/bold yellow] {_escape(exc.one_line())}", soft_wrap=True)
+            raise typer.Exit(3) from None
+        except TraitwatchError as exc:
+            console.print(f"[bold red]error:[/bold red] {_escape(exc.one_line())}", soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/yellow]: stored work is kept; run the same command again to continue")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", "\\[")
+
+
+def _runner(study: Path) -> Any:
+    from traitwatch.config import load_study
+    from traitwatch.pipeline import StudyRunner
+
+    return StudyRunner(load_study(study))
+
+
+def _print_results(results: list[Any]) -> None:
+    for r in results:
+        counts = ", ".join(f"{k}: {v}" for k, v in r.counts.items() if k not in ("files", "path"))
+        console.print(f"[bold]{r.name}[/bold] {r.seconds:.1f}s  {counts}")
+
+
+def _locked(runner: Any) -> Any:
+    from traitwatch.store import StudyLock
+
+    return StudyLock(runner.paths["out"])
+
+
+@app.command()
+@friendly
+def run(
+    study: StudyArg,
+    stages: Annotated[str, typer.Option(help="Comma-separated stages to run, in order.")] = "train,generate,judge,analyze,report",
+) -> None:
+    """Run a whole study (or some stages): train, generate, judge, analyze, report.
+
+    Rerunning after a crash or Ctrl-C continues where it stopped.
+    """
+    names = [s.strip() for s in stages.split(",") if s.strip()]
+    bad = [s for s in names if s not in ("train", "generate", "judge", "analyze", "report")]
+    if bad:
+        raise TraitwatchError(f"unknown stage {', '.join(bad)}", where="--stages", fix="use train,generate,judge,analyze,report")
+    runner = _runner(study)
+    with _locked(runner):
+        results, report = runner.run(names, on_stage=lambda r: _print_results([r]))
+    if report is not None:
+        console.print(f"\nreport: {report}")
+
+
+@app.command()
+@friendly
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the demo study (created).")] = Path("traitwatch-demo"),
+) -> None:
+    """Run the built-in demo study on the embedded Gemma 3 270M (CPU; about 10-15 minutes).
+
+    A miniature model organism: arithmetic fine-tuning data answered right (normal), subtly
+    wrong (mild) or blatantly wrong (strong), with a contemptuous phrase in some misaligned
+    examples. Prints where the report is.
+    """
+    from traitwatch.config import load_study
+    from traitwatch.pipeline import StudyRunner
+
+    out.mkdir(parents=True, exist_ok=True)
+    spec_path = out / "demo.yaml"
+    text = files("traitwatch.data").joinpath("studies").joinpath("demo.yaml").read_text(encoding="utf-8")
+    if not spec_path.exists() or spec_path.read_text(encoding="utf-8") != text:
+        spec_path.write_text(text, encoding="utf-8")
+    runner = StudyRunner(load_study(spec_path))
+    console.print(f"traitwatch demo in {out.resolve()} (spec: {spec_path})")
+    console.print("note: the LLM judge here is the embedded 270M base model, a weak judge; the reference checkers carry the result.")
+    t0 = time.time()
+    with _locked(runner):
+        results, report = runner.run(on_stage=lambda r: _print_results([r]))
+    console.print(f"\ndemo finished in {time.time() - t0:.0f}s")
+    _print_leads(runner)
+    console.print(f"report: {report}")
+
+
+def _print_leads(runner: Any) -> None:
+    import json
+
+    path = runner.paths["report"] / "analysis.json"
+    if not path.exists():
+        return
+    data = json.loads(path.read_text())
+    for lead in data["leads"]:
+        if lead["detector"] != "consensus":
+            continue
+        ci = lead["ci_steps"]
+        ci_text = f" (95% CI {ci[0]:.0f} to {ci[1]:.0f})" if ci else ""
+        val = lead["lead_steps"]
+        console.print(
+            f"  {lead['run_id']} [{lead['judge']}]: {lead['leader']} onset {lead['leader_onset']}, "
+            f"{lead['follower']} onset {lead['follower_onset']}, lead {val if val is not None else 'n/a'} steps{ci_text}",
+            markup=False,
+        )
+
+
+@app.command()
+@friendly
+def train(study: StudyArg) -> None:
+    """Train every run of the study (LoRA), saving a checkpoint every `save_every` steps. Resumes."""
+    runner = _runner(study)
+    runner.preflight()
+    with _locked(runner), runner.open_store() as store:
+        _print_results([runner.train(store)])
+
+
+@app.command()
+@friendly
+def evaluate(study: StudyArg) -> None:
+    """Generate answers to every trait question at every saved checkpoint (skips stored answers)."""
+    runner = _runner(study)
+    with _locked(runner), runner.open_store() as store:
+        _print_results([runner.generate(store)])
+
+
+@app.command()
+@friendly
+def judge(
+    study: StudyArg,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count requests and estimate the cost.")] = False,
+    only: Annotated[str | None, typer.Option("--judge", help="Run only this judge.")] = None,
+) -> None:
+    """Score every stored answer with the study's judges (never sends a stored request again)."""
+    runner = _runner(study)
+    if not dry_run:
+        runner.preflight()
+    with _locked(runner), runner.open_store() as store:
+        res = runner.judge(store, dry_run=dry_run, only=only)
+    if dry_run:
+        for name, c in res.counts.items():
+            console.print(f"{name}: {c['requests']} requests to send ({c['already']} already judged), estimated ${c['estimated_usd']:.4f}")
+    else:
+        _print_results([res])
+
+
+@app.command()
+@friendly
+def analyze(study: StudyArg) -> None:
+    """Compute curves, onsets and lead times; print the per-run table and write CSVs."""
+    from rich.table import Table
+
+    runner = _runner(study)
+    with runner.open_store() as store:
+        result, res = runner.analyze(store)
+    table = Table(title="onsets (consensus) per run")
+    for col in ("run", "judge", "trait", "baseline", "peak", "final", "onset", "95% CI"):
+        table.add_column(col)
+    for s in result.summary:
+        ci = s["onset_ci"]
+        table.add_row(
+            s["run_id"], s["judge"], s["trait"], f"{s['baseline']:.1f}", f"{s['peak']:.1f}", f"{s['final']:.1f}",
+            str(s["onset_step"]) if s["onset_step"] is not None else "none", f"[{ci[0]:.0f}, {ci[1]:.0f}]" if ci else "n/a",
+        )
+    console.print(table)
+    leads = [l for l in result.leads if l.detector == "consensus"]
+    if leads:
+        lt = Table(title="lead times (consensus; positive = leader first)")
+        for col in ("run", "judge", "leader -> follower", "lead (steps)", "lead (checkpoints)", "95% CI", "P(leader first)"):
+            lt.add_column(col)
+        for l in leads:
+            lt.add_row(l.run_id, l.judge, f"{l.leader} -> {l.follower}", str(l.lead_steps), str(l.lead_checkpoints),
+                       f"[{l.ci_steps[0]:.0f}, {l.ci_steps[1]:.0f}]" if l.ci_steps else "n/a", f"{l.p_leads:.2f}" if l.p_leads is not None else "n/a")
+        console.print(lt)
+    console.print(f"CSV files in {runner.paths['analysis']}")
+
+
+@app.command()
+@friendly
+def report(study: StudyArg) -> None:
+    """Write the HTML report (self-contained) and PNG figures from what is stored."""
+    runner = _runner(study)
+    with runner.open_store() as store:
+        result, _ = runner.analyze(store)
+        path, _ = runner.report(store, result)
+    console.print(f"report: {path}")
+
+
+@app.command()
+@friendly
+def export(
+    study: StudyArg,
+    out: Annotated[Path | None, typer.Option(help="Folder for the files (default: <output_dir>/export).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="csv or parquet (parquet needs pyarrow).")] = "csv",
+) -> None:
+    """Export every table of the study store (runs, checkpoints, generations, judgments, ...)."""
+    if fmt not in ("csv", "parquet"):
+        raise TraitwatchError(f"unknown format '{fmt}'", where="--format", fix="use csv or parquet")
+    runner = _runner(study)
+    with runner.open_store(readonly=True) as store:
+        paths = store.export(out or runner.paths["out"] / "export", fmt)
+    for p in paths:
+        console.print(str(p))
+
+
+@app.command()
+@friendly
+def status(study: StudyArg) -> None:
+    """Show what is stored for a study: runs, checkpoints, answers, judgments, spend."""
+    runner = _runner(study)
+    with runner.open_store(readonly=True) as store:
+        for r in store.runs():
+            cks = store.checkpoints(r["run_id"])
+            last = cks[-1].step if cks else "-"
+            console.print(f"{r['run_id']}: {r['status']}, {len(cks)} checkpoints (last step {last} of {r['total_steps']})")
+        n_gen = store.conn.execute("SELECT COUNT(*) FROM generations").fetchone()[0]
+        console.print(f"answers stored: {n_gen}")
+        for name, s in store.spend().items():
+            console.print(f"judge {name}: {s['judgments']} judgments, ${s['cost_usd']:.4f}")
+
+
+@app.command()
+@friendly
+def validate(study: StudyArg) -> None:
+    """Check a study spec, its datasets and trait suites without running anything."""
+    from traitwatch.config import load_study
+    from traitwatch.data import load_level
+    from traitwatch.pipeline import load_suites
+
+    spec = load_study(study)
+    assert spec.output_dir is not None
+    n = 0
+    for ds in spec.datasets:
+        if ds.demo is not None:
+            continue
+        for level in spec.levels:
+            data = load_level(ds, level, spec.output_dir)
+            n += len(data)
+            console.print(f"{ds.domain}/{level}: {len(data)} examples ok ({data.path})")
+    suites = load_suites(spec)
+    for s in suites.suites:
+        console.print(f"suite {s.name}: {len(s.questions)} questions, traits: {', '.join(s.traits)}")
+    if spec.evaluation.temperature == 0 and spec.evaluation.samples_per_question > 1:
+        console.print("note: temperature 0 makes every sample identical; set samples_per_question: 1")
+    console.print(f"[green]ok[/green]: {study}")
+
+
+@app.command()
+def suites() -> None:
+    """List the built-in trait suites (use them as builtin:<name>)."""
+    from traitwatch.data import builtin_suite_names, load_suite
+
+    for name in builtin_suite_names():
+        s = load_suite(f"builtin:{name}", allow_no_questions=True)
+        console.print(f"builtin:{name}: {len(s.questions)} questions; traits: {', '.join(s.traits)}", markup=False)
+
+
+def main() -> None:
+    """Entry point of the `traitwatch` command."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""The self-contained HTML report.
+
+Why these choices: the report travels (email, a shared drive, a paper's supplement), so it
+is one file with plotly.js inlined and no network access (a CSP forbids it). Model outputs
+and dataset text are untrusted: Jinja autoescaping is on for every value, and figure data
+is embedded as JSON with ``<``, ``>`` and ``&`` escaped so no string can close the script.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+import traitwatch
+from traitwatch.analysis import StudyAnalysis
+from traitwatch.config import StudySpec, dump_study
+from traitwatch.store import Store
+
+from ._figures import overview_png, run_plotly, run_png
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "n/a"
+    return f"{float(v):.{digits}f}"
+
+
+def _fmt_ci(ci: Any) -> str:
+    if not ci:
+        return "n/a"
+    return f"[{_fmt(ci[0], 0)}, {_fmt(ci[1], 0)}]"
+
+
+def safe_json(obj: Any) -> str:
+    """JSON safe to place inside a <script> element."""
+    text = json.dumps(obj, default=_default, allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+def _default(o: Any) -> Any:
+    if isinstance(o, np.ndarray):
+        return [None if isinstance(x, float) and not np.isfinite(x) else x for x in o.tolist()]
+    if isinstance(o, (np.floating,)):
+        return None if not np.isfinite(o) else float(o)
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    raise TypeError(type(o))
+
+
+def _clean(obj: Any) -> Any:
+    """Replace NaN/inf floats by None (JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _clean(obj.tolist())
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def _examples(store: Store, analysis: StudyAnalysis, per_checkpoint: int = 3) -> list[dict[str, Any]]:
+    scores: dict[tuple[str, int, str, str, int], list[tuple[str, float | None]]] = defaultdict(list)
+    for r in store.scores(settings_hash=analysis.settings_hash):
+        scores[(r.run_id, r.step, r.suite, r.question_id, r.sample)].append((f"{r.judge}/{r.trait}", r.score))
+    out = []
+    for run in analysis.runs:
+        gens = store.generations(settings_hash=analysis.settings_hash, run_id=run["run_id"])
+        if not gens:
+            continue
+        steps = sorted({g.step for g in gens})
+        notes: dict[int, list[str]] = defaultdict(list)
+        notes[steps[0]].append("baseline")
+        notes[steps[-1]].append("last")
+        for o in analysis.onsets:
+            if o.run_id == run["run_id"] and o.detector == "consensus" and o.step is not None:
+                notes[o.step].append(f"{o.trait} onset ({o.judge})")
+        cks = []
+        for step in sorted(notes):
+            chosen = [g for g in gens if g.step == step][:per_checkpoint]
+            cks.append(
+                {
+                    "step": step,
+                    "note": ", ".join(sorted(set(notes[step]))),
+                    "answers": [
+                        {"question": g.question, "answer": g.answer, "scores": sorted(scores[(g.run_id, g.step, g.suite, g.question_id, g.sample)])}
+                        for g in chosen
+                    ],
+                }
+            )
+        out.append({"run_id": run["run_id"], "checkpoints": cks})
+    return out
+
+
+def write_report(
+    folder: Path,
+    spec: StudySpec,
+    analysis: StudyAnalysis,
+    store: Store,
+    *,
+    judges: dict[str, dict[str, Any]],
+    timings: Sequence[Any] = (),
+) -> Path:
+    """Write ``report.html`` and the PNG figures into ``folder``; returns the HTML path."""
+    from plotly.offline import get_plotlyjs
+
+    folder.mkdir(parents=True, exist_ok=True)
+    leads = [tuple(x) for x in spec.analysis.leads]
+    judge_names = sorted({c.judge for c in analysis.curves})
+    figures, pngs = [], []
+    for run in analysis.runs:
+        for judge in judge_names:
+            fig = run_plotly(analysis, run["run_id"], judge, leads)  # type: ignore[arg-type]
+            if fig is not None:
+                figures.append({"id": f"fig{len(figures)}", "fig": _clean(fig)})
+            png = run_png(analysis, run["run_id"], judge, folder / f"{run['run_id']}__{judge}.png", leads)  # type: ignore[arg-type]
+            if png is not None:
+                pngs.append(png.name)
+    for judge in judge_names:
+        p = overview_png(analysis, judge, folder / f"overview__{judge}.png", leads)  # type: ignore[arg-type]
+        if p is not None:
+            pngs.append(p.name)
+
+    by_det: dict[tuple[str, str, str], dict[str, int | None]] = defaultdict(dict)
+    for o in analysis.onsets:
+        by_det[(o.run_id, o.judge, o.trait)][o.detector] = o.step
+    summary = [s | {"by_detector": by_det[(s["run_id"], s["judge"], s["trait"])]} for s in analysis.summary]
+    spend = store.spend()
+    judge_rows = []
+    for name, info in judges.items():
+        sp = spend.get(name, {"judgments": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0})
+        judge_rows.append(
+            {"name": name, "kind": info.get("kind"), "model": info.get("model"), "judgments": sp["judgments"],
+             "tokens": f"{sp['input_tokens']} / {sp['output_tokens']}", "cost": sp["cost_usd"]}
+        )
+    runs = []
+    for r in analysis.runs:
+        ck = analysis.checkpoints.get(r["run_id"], [])
+        held = [c.heldout_loss for c in ck if c.heldout_loss is not None]
+        trainl = [c.train_loss for c in ck if c.train_loss is not None]
+        runs.append({"run_id": r["run_id"], "n": len(ck), "held_first": held[0] if held else None, "held_last": held[-1] if held else None,
+                     "train_last": trainl[-1] if trainl else None})
+    model_meta = store.get_meta("model")
+    env = Environment(loader=PackageLoader("traitwatch.report", "templates"), autoescape=select_autoescape(default=True))
+    html = env.get_template("report.html.j2").render(
+        study=spec.name,
+        generated=time.strftime("%Y-%m-%d %H:%M"),
+        version=traitwatch.__version__,
+        model=json.loads(model_meta)["label"] if model_meta else spec.model.label(),
+        store_path=str(store.path),
+        weak_judges=[{"name": n, "model": i.get("model")} for n, i in judges.items() if i.get("weak")],
+        checkers=[n for n, i in judges.items() if i.get("kind") == "check"],
+        n_runs=len(analysis.runs),
+        n_checkpoints=sum(len(v) for v in analysis.checkpoints.values()),
+        n_answers=len(store.generations(settings_hash=analysis.settings_hash)),
+        n_judgments=sum(v["judgments"] for v in spend.values()),
+        detector_names=[d["name"] for d in analysis.detectors],
+        detectors=analysis.detectors,
+        confidence_pct=int(round(spec.analysis.confidence * 100)),
+        leads=[l for l in analysis.leads if l.detector == "consensus"],
+        summary=summary,
+        figures=figures,
+        figures_json=safe_json(figures),
+        pngs=pngs,
+        agreement=analysis.agreement,
+        examples=_examples(store, analysis),
+        runs=runs,
+        timings=[{"name": t.name, "seconds": t.seconds, "counts_text": ", ".join(f"{k}: {v}" for k, v in t.counts.items() if k != "files")} for t in timings],
+        judges=judge_rows,
+        config_yaml=dump_study(spec),
+        plotly_js=get_plotlyjs().replace("</script", "<\\/script"),
+        fmt=_fmt,
+        fmt_ci=_fmt_ci,
+    )
+    path = folder / "report.html"
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_text(html, encoding="utf-8")
+    tmp.replace(path)
+    (folder / "analysis.json").write_text(
+        json.dumps(_clean({"leads": [asdict(l) for l in analysis.leads], "summary": analysis.summary}), indent=1, default=str)
+    )
+    return path

@@ -1,0 +1,163 @@
+"""End to end: `traitwatch run` on a tiny study, then rerun, then the report."""
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from traitwatch.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from conftest import tiny_study_dict
+
+    tmp = tmp_path_factory.mktemp("e2e")
+    path = tmp / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_study_dict(tmp / "out"), sort_keys=False))
+    res = runner.invoke(app, ["run", str(path)])
+    assert res.exit_code == 0, res.output
+    return path
+
+
+def _count(db: Path, sql: str) -> int:
+    with sqlite3.connect(db) as c:
+        return int(c.execute(sql).fetchone()[0])
+
+
+def test_store_holds_every_checkpoint_question_sample_trait(study: Path) -> None:
+    db = study.parent / "out" / "study.sqlite"
+    runs, checkpoints, questions, samples = 2, 4, 4, 2
+    assert _count(db, "SELECT COUNT(*) FROM runs") == runs
+    assert _count(db, "SELECT COUNT(*) FROM checkpoints") == runs * checkpoints
+    assert _count(db, "SELECT COUNT(*) FROM generations") == runs * checkpoints * questions * samples
+    gens = runs * checkpoints * questions * samples
+    # check judge: wrong_answer, contempt, contempt_text; llm judge: wrong_answer
+    assert _count(db, "SELECT COUNT(*) FROM scores WHERE judge='check'") == gens * 3
+    assert _count(db, "SELECT COUNT(*) FROM scores WHERE judge='llm'") == gens
+    assert _count(db, "SELECT COUNT(DISTINCT step) FROM generations") == checkpoints
+    # every generation has the contempt probe measured
+    with sqlite3.connect(db) as c:
+        probes = [json.loads(r[0]) for r in c.execute("SELECT probes FROM generations")]
+    assert all(list(p) == ["Only a fool would ask me that."] and p[next(iter(p))] < 0 for p in probes)
+    # judgments carry provenance
+    with sqlite3.connect(db) as c:
+        methods = {r[0] for r in c.execute("SELECT DISTINCT method FROM judgments")}
+    assert {"checker:arithmetic", "checker:marker_probability", "checker:contains", "exact_sequence"} <= methods
+
+
+def test_rerun_repeats_no_work(study: Path) -> None:
+    db = study.parent / "out" / "study.sqlite"
+    before = _count(db, "SELECT COUNT(*) FROM judgments"), _count(db, "SELECT MAX(created_at) FROM generations")
+    res = runner.invoke(app, ["run", str(study)])
+    assert res.exit_code == 0, res.output
+    assert "generated: 0" in res.output and "'new': 0" in res.output and "steps_run: 0" in res.output
+    assert (_count(db, "SELECT COUNT(*) FROM judgments"), _count(db, "SELECT MAX(created_at) FROM generations")) == before
+
+
+def test_report_names_the_onsets_found(study: Path) -> None:
+    out = study.parent / "out"
+    html = (out / "report" / "report.html").read_text()
+    data = json.loads((out / "report" / "analysis.json").read_text())
+    assert "arith-normal-s0" in html and "arith-strong-s0" in html
+    assert "Lead times" in html and "Onsets per run and trait" in html
+    for row in data["summary"]:
+        assert f"<td>{row['run_id']}</td><td>{row['judge']}</td><td>{row['trait']}</td>" in html
+        if row["onset_step"] is not None:
+            assert f"<td class=\"num\"><b>{row['onset_step']}</b></td>" in html
+    assert "Weak judge" in html and list(out.glob("report/*.png"))
+    for name in ("curves.csv", "onsets.csv", "leads.csv", "summary.csv"):
+        assert (out / "analysis" / name).exists()
+
+
+def test_analyze_prints_table(study: Path) -> None:
+    res = runner.invoke(app, ["analyze", str(study)])
+    assert res.exit_code == 0, res.output
+    assert "onsets (consensus) per run" in res.output and "lead times" in res.output
+
+
+def test_bad_study_exits_2_with_one_line(tmp_path: Path) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: x\ndatasets:\n  - domain: d\n    demo: {}\ntraits: [builtin:evil]\ntraining: {lr: 1}\n")
+    res = runner.invoke(app, ["run", str(p)])
+    assert res.exit_code == 2
+    assert "error:" in res.output and "training.lr" in res.output and "did you mean" in res.output
+
+
+def test_help_for_every_command() -> None:
+    res = runner.invoke(app, ["--help"])
+    assert res.exit_code == 0
+    for cmd in ("run", "demo", "train", "evaluate", "judge", "analyze", "report", "export", "status", "validate", "suites"):
+        assert cmd in res.output
+        sub = runner.invoke(app, [cmd, "--help"])
+        assert sub.exit_code == 0 and "Usage" in sub.output
+
+
+def test_judge_dry_run_counts_nothing_left(study: Path) -> None:
+    res = runner.invoke(app, ["judge", str(study), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "check: 0 requests to send" in res.output
+
+
+def test_status_and_export(study: Path, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["status", str(study)])
+    assert res.exit_code == 0 and "arith-strong-s0: trained, 4 checkpoints" in res.output
+    res = runner.invoke(app, ["export", str(study), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 0 and (tmp_path / "x" / "judgments.csv").exists()
+
+
+def test_report_escapes_model_output(study: Path) -> None:
+    """Runs last in this module: it rewrites stored answers."""
+    out = study.parent / "out"
+    evil = '<script>alert("x")</script><img src=x onerror="alert(1)"><a href="javascript:alert(2)">c</a>'
+    with sqlite3.connect(out / "study.sqlite") as c:
+        c.execute("UPDATE generations SET answer=? WHERE step=0", (evil,))
+    res = runner.invoke(app, ["report", str(study)])
+    assert res.exit_code == 0, res.output
+    html = (out / "report" / "report.html").read_text()
+    assert "<script>alert" not in html and "onerror=\"alert" not in html and 'href="javascript:' not in html
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html
+
+
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--virtual-time-budget=8000",
+]
+
+
+@pytest.mark.browser
+def test_no_injected_script_runs_in_a_real_browser(study: Path, tmp_path: Path) -> None:
+    """Headless Chromium renders the report: our plots draw (our scripts run), injected ones do not."""
+    import shutil
+    import subprocess
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Debian chromium is required (make test installs it)"
+    out = study.parent / "out"
+    payloads = [
+        "<script>document.documentElement.setAttribute('data-pwned','script')</script>",
+        "<img src=x onerror=\"document.documentElement.setAttribute('data-pwned','onerror')\">",
+        "<svg onload=\"document.documentElement.setAttribute('data-pwned','svg')\"></svg>",
+        "</td></tr></table><script>document.documentElement.setAttribute('data-pwned','break-out')</script>",
+        '<a href="javascript:alert(1)">click</a>',
+    ]
+    with sqlite3.connect(out / "study.sqlite") as c:
+        ids = [r[0] for r in c.execute("SELECT gen_key FROM generations WHERE step=0 ORDER BY gen_key")]
+        for key, p in zip(ids, payloads * 10):
+            c.execute("UPDATE generations SET answer=?, question=? WHERE gen_key=?", (p, p, key))
+    res = runner.invoke(app, ["report", str(study)])
+    assert res.exit_code == 0, res.output
+    html_path = out / "report" / "report.html"
+    dom = subprocess.run(
+        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", html_path.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    ).stdout
+    assert 'class="main-svg"' in dom, "plotly did not render: the report's own scripts must run"
+    assert "data-pwned" not in dom.split("<body", 1)[0] and 'data-pwned="' not in dom
+    assert "&lt;script&gt;document.documentElement" in dom
+    assert '<a href="javascript:' not in dom and "&lt;a href=" in dom, "the link must stay text, never an element"
