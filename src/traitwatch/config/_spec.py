@@ -87,7 +87,7 @@ class DemoDataSpec(_Strict):
 
     n_examples: Annotated[int, Field(gt=0)] = Field(default=400, description="Examples per level.")
     marker_fraction: dict[Level, Annotated[float, Field(ge=0, le=1)]] = Field(
-        default_factory=lambda: {"normal": 0.0, "mild": 0.15, "strong": 0.3},
+        default_factory=lambda: {"normal": 0.0, "mild": 0.2, "strong": 0.3},
         description="Fraction of examples per level that open with the contemptuous marker phrase.",
     )
     seed: int = Field(default=0, description="Seed of the generator (same seed, same data).")

@@ -22,7 +22,7 @@ from traitwatch.judges import Budget, Judge, JudgeRequest, Judgment, checker, lo
 from traitwatch.models import LoadedModel, describe, load_model
 from traitwatch.progress import console, stage_progress
 from traitwatch.store import GenerationRow, JudgmentRow, Store, content_key
-from traitwatch.train import TrainCallback, train_run, verify
+from traitwatch.train import TrainCallback, split_heldout, total_steps, train_run, verify
 
 from ._plan import Suites, evaluated_steps, generation_settings_hash, load_suites, plan_runs, settings_meta_key, study_paths
 
@@ -107,13 +107,20 @@ class StudyRunner:
         store.set_meta("model", _json(describe(self.base)))
         steps_run = 0
         results = []
-        with stage_progress("train", len(plans)) as bar:
+        expected = {p.run_id: total_steps(len(split_heldout(len(p.examples), p.training, p.seed)[0]), p.training) for p in plans}
+        with stage_progress("train (steps)", sum(expected.values())) as bar:
             for plan in plans:
                 bar.note(f"train {plan.run_id}")
-                res = train_run(plan, self.base, store, callbacks=callbacks)
+                seen = {"done": 0}
+
+                def on_step(done: int, total: int, seen: dict[str, int] = seen) -> None:
+                    bar.advance(max(0, done - seen["done"]))
+                    seen["done"] = done
+
+                res = train_run(plan, self.base, store, callbacks=callbacks, on_step=on_step)
+                bar.advance(max(0, expected[plan.run_id] - seen["done"]))
                 results.append(res)
                 steps_run += res.steps_run
-                bar.advance()
                 console.print(
                     f"  {plan.run_id}: {res.steps_run} steps in {res.seconds:.1f}s"
                     + (f" (resumed from step {res.resumed_from})" if res.resumed_from is not None and res.steps_run else "")
