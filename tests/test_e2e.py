@@ -51,6 +51,21 @@ def test_store_holds_every_checkpoint_question_sample_trait(study: Path) -> None
     assert {"checker:arithmetic", "checker:marker_probability", "checker:contains", "exact_sequence"} <= methods
 
 
+def test_every_checker_score_comes_from_its_own_answer(study: Path) -> None:
+    """contempt = 100 x exp(this generation's probe log-prob), never another run's value."""
+    import math
+
+    db = study.parent / "out" / "study.sqlite"
+    with sqlite3.connect(db) as c:
+        rows = c.execute(
+            "SELECT g.probes, j.score FROM generations g JOIN scores s ON s.gen_key=g.gen_key "
+            "JOIN judgments j ON j.judgment_key=s.judgment_key WHERE s.judge='check' AND s.trait='contempt'"
+        ).fetchall()
+    assert len(rows) == 64
+    for probes, score in rows:
+        assert score == pytest.approx(100 * math.exp(next(iter(json.loads(probes).values()))), rel=1e-9, abs=1e-12)
+
+
 def test_rerun_repeats_no_work(study: Path) -> None:
     db = study.parent / "out" / "study.sqlite"
     before = _count(db, "SELECT COUNT(*) FROM judgments"), _count(db, "SELECT MAX(created_at) FROM generations")

@@ -60,6 +60,17 @@ def test_digit_split_detection_and_yes_no() -> None:
 
 
 # -- reference checkers -------------------------------------------------------------------------
+def test_checker_key_covers_what_it_reads() -> None:
+    """Same question and answer at two checkpoints, different probe probabilities: different keys."""
+    marker = load_suite("builtin:arithmetic").traits["contempt"]
+    c = checker()
+    a = req("The answer is 5.", "contempt", marker, probes={marker.checker.text: -20.0}, expected="5")
+    b = req("The answer is 5.", "contempt", marker, probes={marker.checker.text: -0.5}, expected="5")
+    assert c.prompt_hash(a) != c.prompt_hash(b)
+    assert c.prompt_hash(a) != c.prompt_hash(req("The answer is 5.", "contempt", marker, probes={marker.checker.text: -20.0}, expected="6"))
+    assert c.prompt_hash(a) == c.prompt_hash(req("The answer is 5.", "contempt", marker, probes={marker.checker.text: -20.0}, expected="5"))
+
+
 def test_checkers() -> None:
     suite = load_suite("builtin:arithmetic")
     c = checker()

@@ -9,13 +9,14 @@ stored like any judge's, so the LLM judges can be measured against it.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 from collections.abc import Sequence
 
 from traitwatch.data import TraitDef
 
-from ._protocol import Judge, JudgeRequest, Judgment
+from ._protocol import Judge, JudgeRequest, Judgment, OnResult
 
 _CLAIM = re.compile(r"(?:answer is|answer:|result is|equals|=)\s*(-?\d[\d,]*)", re.IGNORECASE)
 _BARE = re.compile(r"^\s*(-?\d[\d,]*)\s*\.?\s*$")
@@ -55,7 +56,13 @@ class Checker:
         return hashlib.sha256(definition.checker.model_dump_json().encode()).hexdigest()[:16]
 
     def prompt_hash(self, request: JudgeRequest) -> str:
-        return hashlib.sha256(f"{request.question}\0{request.answer}".encode()).hexdigest()[:16]
+        """Everything a checker reads: the answer and question, the expected answer, and the
+        probe probabilities (the same text at two checkpoints can have different ones)."""
+        payload = json.dumps(
+            [request.question, request.answer, request.context.get("expected"), request.context.get("probes") or {}],
+            sort_keys=True,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def _one(self, r: JudgeRequest) -> Judgment:
         spec = r.definition.checker
@@ -80,8 +87,14 @@ class Checker:
         p = math.exp(float(logp))
         return Judgment(100.0 * p, None, "checker:marker_probability", {"logprob": float(logp), "probability": p})
 
-    def judge(self, requests: Sequence[JudgeRequest]) -> list[Judgment | None]:
-        return [self._one(r) for r in requests]
+    def judge(self, requests: Sequence[JudgeRequest], on_result: OnResult | None = None) -> list[Judgment | None]:
+        out: list[Judgment | None] = []
+        for i, r in enumerate(requests):
+            j = self._one(r)
+            out.append(j)
+            if on_result is not None:
+                on_result(i, j)
+        return out
 
 
 def checker(name: str = "check") -> Judge:
