@@ -17,7 +17,7 @@ from ._numbers import (
     yes_no_score,
 )
 from ._openai import openai_judge, read_api_key
-from ._protocol import Judge, JudgeRequest, Judgment
+from ._protocol import Judge, JudgeRequest, Judgment, OnResult
 
 __all__ = [
     "Budget",
@@ -25,6 +25,7 @@ __all__ = [
     "JudgeRequest",
     "Judgment",
     "NumberTrie",
+    "OnResult",
     "Scored",
     "checker",
     "claimed_number",

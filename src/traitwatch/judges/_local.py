@@ -22,7 +22,7 @@ from traitwatch.data import TraitDef, fill_rubric, rubric_hash
 from traitwatch.models import LoadedModel, lse_and_gather, split_lm
 
 from ._numbers import weighted_mean
-from ._protocol import Judge, JudgeRequest, Judgment
+from ._protocol import Judge, JudgeRequest, Judgment, OnResult
 
 
 @dataclass(frozen=True)
@@ -201,7 +201,7 @@ class LocalJudge:
     def prompt_hash(self, request: JudgeRequest) -> str:
         return hashlib.sha256(str(self._prompt_ids(request)).encode()).hexdigest()[:16]
 
-    def judge(self, requests: Sequence[JudgeRequest]) -> list[Judgment | None]:
+    def judge(self, requests: Sequence[JudgeRequest], on_result: OnResult | None = None) -> list[Judgment | None]:
         prompts = [self._prompt_ids(r) for r in requests]
         order = sorted(range(len(requests)), key=lambda i: len(prompts[i]))
         results: list[Judgment | None] = [None] * len(requests)
@@ -224,6 +224,8 @@ class LocalJudge:
                     "pruned_mass": pruned,
                 }
                 results[i] = Judgment(scored.score, scored.reason, "exact_sequence", raw, input_tokens=len(prompts[i]))
+                if on_result is not None:
+                    on_result(i, results[i])
         return results
 
 

@@ -31,7 +31,7 @@ from traitwatch.errors import JudgeError
 
 from ._budget import Budget
 from ._numbers import Scored, looks_digit_split, top_logprob_distribution, weighted_mean, yes_no_score
-from ._protocol import Judge, JudgeRequest, Judgment
+from ._protocol import Judge, JudgeRequest, Judgment, OnResult
 
 Scale = Literal["0-100", "0-10", "0-9", "yes-no"]
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -146,14 +146,14 @@ class OpenAIJudge:
         tokens_in = len(self._prompt(request)) / 3.5 + 12
         return tokens_in * self.price_in / 1e6 + 1 * self.price_out / 1e6
 
-    def judge(self, requests: Sequence[JudgeRequest]) -> list[Judgment | None]:
+    def judge(self, requests: Sequence[JudgeRequest], on_result: OnResult | None = None) -> list[Judgment | None]:
         if not requests:
             return []
         key = read_api_key(self.api_key_env, self.api_key_file)
-        return asyncio.run(self._all(requests, key))
+        return asyncio.run(self._all(requests, key, on_result))
 
     # -- the HTTP work ----------------------------------------------------------------------
-    async def _all(self, requests: Sequence[JudgeRequest], key: str) -> list[Judgment | None]:
+    async def _all(self, requests: Sequence[JudgeRequest], key: str, on_result: OnResult | None) -> list[Judgment | None]:
         headers = {"Content-Type": "application/json"}
         if key:
             headers["Authorization"] = f"Bearer {key}"
@@ -161,11 +161,14 @@ class OpenAIJudge:
         limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
         async with httpx.AsyncClient(headers=headers, timeout=self.timeout_s, limits=limits) as client:
 
-            async def one(r: JudgeRequest) -> Judgment | None:
+            async def one(i: int, r: JudgeRequest) -> Judgment | None:
                 async with sem:
-                    return await self._one(client, r)
+                    result = await self._one(client, r)
+                if result is not None and on_result is not None:
+                    on_result(i, result)  # stored before the next response is handled
+                return result
 
-            tasks = [asyncio.create_task(one(r)) for r in requests]
+            tasks = [asyncio.create_task(one(i, r)) for i, r in enumerate(requests)]
             try:
                 return list(await asyncio.gather(*tasks))
             except BaseException:

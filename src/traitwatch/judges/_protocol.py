@@ -8,7 +8,7 @@ that produced it, and the raw distribution it came from.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -46,6 +46,10 @@ class Judgment:
     cost_usd: float = 0.0
 
 
+#: Called with (index into the requests, judgment) as soon as a judgment is ready.
+OnResult = Callable[[int, "Judgment"], None]
+
+
 class Judge(Protocol):
     """A configured judge. Configuration happens once (the factory); ``judge`` is pure.
 
@@ -71,6 +75,11 @@ class Judge(Protocol):
         """Hash of the exact input this judge sees for ``request`` (provenance)."""
         ...
 
-    def judge(self, requests: Sequence[JudgeRequest]) -> list[Judgment | None]:
-        """Score requests in order; None marks one left undone (e.g. spending cap reached)."""
+    def judge(self, requests: Sequence[JudgeRequest], on_result: OnResult | None = None) -> list[Judgment | None]:
+        """Score requests in order; None marks one left undone (e.g. spending cap reached).
+
+        ``on_result(i, judgment)`` is called as each judgment is ready (paid judges: the
+        moment its response is parsed), so the caller can store it before anything else
+        can fail; the returned list holds the same judgments.
+        """
         ...

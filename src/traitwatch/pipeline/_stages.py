@@ -314,19 +314,29 @@ class StudyRunner:
                     links_by_key.setdefault(k, []).append((g, jspec.name, t, k))
             todo = list(fresh.items())
             chunk = {"check": 2000, "local": jspec.batch_size * 4, "openai": jspec.max_concurrency * 8}[jspec.kind]
+            flush_at = 1 if jspec.kind == "openai" else 256  # paid answers are stored the moment they arrive
             made = 0
             with stage_progress(f"judge {jspec.name}", len(todo)) as bar:
                 for i in range(0, len(todo), chunk):
                     part = todo[i : i + chunk]
-                    results = judge.judge([r for _, r in part])
-                    rows, links = [], []
-                    for (k, req), res in zip(part, results):
-                        if res is None:
-                            continue
-                        rows.append(_judgment_row(judge, k, req, res))
-                        links.extend(links_by_key[k])
-                    store.add_judgments(rows, links)
-                    made += len(rows)
+                    pending: list[tuple[JudgmentRow, list[tuple[str, str, str, str]]]] = []
+
+                    def flush() -> None:
+                        if pending:
+                            store.add_judgments([r for r, _ in pending], [link for _, ls in pending for link in ls])
+                            pending.clear()
+
+                    def on_result(k: int, res: Judgment, part: list[tuple[str, JudgeRequest]] = part) -> None:
+                        key, req = part[k]
+                        pending.append((_judgment_row(judge, key, req, res), links_by_key[key]))
+                        if len(pending) >= flush_at:
+                            flush()
+
+                    try:
+                        results = judge.judge([r for _, r in part], on_result=on_result)
+                    finally:
+                        flush()
+                    made += sum(1 for r in results if r is not None)
                     bar.advance(len(part))
                     if budget.exhausted:
                         raise BudgetExceeded(
