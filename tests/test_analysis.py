@@ -166,3 +166,20 @@ def test_judge_agreement_metrics() -> None:
     (ag,) = judge_agreement(rows)
     assert ag.n == 4 and ag.mae == pytest.approx(10.0) and ag.spearman == pytest.approx(1.0)
     assert 0.8 < ag.alpha <= 1.0 and 0.9 < ag.pearson <= 1.0
+
+
+def test_change_point_metrics_hand_computed() -> None:
+    from traitwatch.analysis.metrics import covering, f_measure, partition, true_positives
+
+    assert true_positives([10, 20], [11, 12, 30], margin=5) == {10}
+    assert true_positives([10, 12], [11], margin=5) == {10}, "one prediction matches one true point"
+    ann = {"a": [50], "b": [52, 80]}
+    # predictions {0, 51} ; union truth {0, 50, 52, 80}: TP = {0, 50} -> P = 2/2
+    # recall a: {0,50} both hit -> 1 ; b: {0,52,80}: 0 and 52 hit -> 2/3 ; R = 5/6
+    f, p, r = f_measure(ann, [51], return_pr=True)
+    assert p == pytest.approx(1.0) and r == pytest.approx(5 / 6) and f == pytest.approx(2 * (5 / 6) / (1 + 5 / 6))
+    assert f_measure({"a": []}, []) == pytest.approx(1.0), "no change annotated, none predicted"
+    assert [list(s) for s in partition([3], 6)] == [[0, 1, 2], [3, 4, 5]]
+    # truth [0,50),[50,100) vs prediction [0,40),[40,100): J = 40/50 and 50/60
+    assert covering({"a": [50]}, [40], 100) == pytest.approx((50 * 40 / 50 + 50 * 50 / 60) / 100)
+    assert covering({"a": [50]}, [50], 100) == pytest.approx(1.0)

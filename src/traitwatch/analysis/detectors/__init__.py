@@ -12,11 +12,15 @@ from typing import Any
 from traitwatch.errors import ConfigError
 
 from .base import Curve, Detector, Onset, baseline, robust_sigma
+from .binseg import Binseg
+from .bocpd import Bocpd
 from .cusum import Cusum
 from .pelt import Pelt
+from .segment import Segmenter, interpolate_missing, standardize
+from .sustained import Sustained
 from .threshold import Threshold
 
-REGISTRY: dict[str, type[Detector]] = {cls.name: cls for cls in (Threshold, Pelt, Cusum)}
+REGISTRY: dict[str, type[Detector]] = {cls.name: cls for cls in (Threshold, Sustained, Cusum, Pelt, Binseg, Bocpd)}
 
 
 def make_detector(name: str, params: dict[str, Any] | None = None) -> Detector:
@@ -41,4 +45,21 @@ def make_detector(name: str, params: dict[str, Any] | None = None) -> Detector:
         raise ConfigError(str(exc), where=f"analysis.detectors[{name}]", fix="check the parameter values") from None
 
 
-__all__ = ["REGISTRY", "Curve", "Cusum", "Detector", "Onset", "Pelt", "Threshold", "baseline", "make_detector", "robust_sigma"]
+__all__ = [
+    "REGISTRY",
+    "Binseg",
+    "Bocpd",
+    "Curve",
+    "Cusum",
+    "Detector",
+    "Onset",
+    "Pelt",
+    "Segmenter",
+    "Sustained",
+    "Threshold",
+    "baseline",
+    "interpolate_missing",
+    "make_detector",
+    "robust_sigma",
+    "standardize",
+]
