@@ -49,7 +49,7 @@ def tiny_study_dict(out: Path, **overrides: object) -> dict:
             {"name": "check", "kind": "check"},
             {"name": "llm", "kind": "local", "weak": True, "traits": ["wrong_answer"], "local": {"source": "base"}, "min_mass": 0.0},
         ],
-        "analysis": {"detectors": ["threshold", "pelt", "cusum"], "leads": [["wrong_answer", "contempt"]], "bootstrap": 50},
+        "analysis": {"detectors": ["threshold", "sustained", "cusum", "binseg"], "leads": [["wrong_answer", "contempt"]], "bootstrap": 50},
     }
     spec.update(overrides)
     return spec

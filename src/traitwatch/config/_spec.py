@@ -235,7 +235,7 @@ class AnalysisSpec(_Strict):
     """Onset detection and lead times."""
 
     detectors: list[DetectorRef] = Field(
-        default_factory=lambda: [DetectorRef(name="threshold"), DetectorRef(name="pelt")],
+        default_factory=lambda: [DetectorRef(name="sustained"), DetectorRef(name="cusum"), DetectorRef(name="binseg")],
         description="Onset detectors (names or {name, params}); the consensus onset is their median.",
     )
     leads: list[tuple[str, str]] = Field(

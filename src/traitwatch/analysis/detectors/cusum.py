@@ -16,7 +16,7 @@ from .base import Curve, Detector, Onset, baseline, onset_at
 class Cusum(Detector):
     name = "cusum"
 
-    def __init__(self, *, k: float = 0.5, h: float = 5.0, delta: float = 10.0, baseline_points: int = 1, min_sd: float = 3.0) -> None:
+    def __init__(self, *, k: float = 0.5, h: float = 8.0, delta: float = 10.0, baseline_points: int = 1, min_sd: float = 3.0) -> None:
         super().__init__()
         self.k = k
         self.h = h

@@ -17,7 +17,7 @@ class Pelt(Segmenter):
     name = "pelt"
 
     def __init__(
-        self, *, penalty_scale: float = 2.0, min_size: int = 2, min_rise: float = 10.0, min_sigma: float = 1.0, model: str = "l2"
+        self, *, penalty_scale: float = 8.0, min_size: int = 2, min_rise: float = 10.0, min_sigma: float = 1.0, model: str = "l2"
     ) -> None:
         super().__init__()
         self.penalty_scale = penalty_scale

@@ -17,7 +17,7 @@ from .base import Curve, Detector, Onset, baseline, onset_at
 class Sustained(Detector):
     name = "sustained"
 
-    def __init__(self, *, delta: float = 10.0, window: int = 3, persist: int = 3, baseline_points: int = 1) -> None:
+    def __init__(self, *, delta: float = 10.0, window: int = 5, persist: int = 3, baseline_points: int = 1) -> None:
         super().__init__()
         self.delta = delta
         self.window = window
