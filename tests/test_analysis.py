@@ -226,3 +226,34 @@ def test_tcpd_default_method_beats_the_baseline_and_meets_the_target(capsys: pyt
     assert m, last
     f1, cover, f0, c0 = map(float, m.groups()[1:])
     assert f1 >= 0.75 and cover >= 0.70 and f1 > f0 and cover > c0
+
+
+def test_comparisons_across_seeds_and_domains() -> None:
+    from traitwatch.analysis import LeadResult, OnsetResult, TraitCurve
+    from traitwatch.analysis._compare import domain_table, order_tests, seed_table, sign_test, t_interval, task_convergence_step
+    from traitwatch.store import CheckpointRow
+
+    assert sign_test([3, 5, 2, 4, 1, 6]) == pytest.approx(2 * 0.5**6)
+    assert sign_test([0, 0]) is None and sign_test([2, -2]) == pytest.approx(1.0)
+    lo, hi = t_interval([10, 12, 14], 0.95)
+    assert lo == pytest.approx(12 - 4.302653 * 2 / np.sqrt(3), rel=1e-5) and hi == pytest.approx(12 + 4.302653 * 2 / np.sqrt(3), rel=1e-5)
+    runs = [{"run_id": f"{d}-strong-s{s}", "domain": d, "level": "strong", "seed": s} for d in ("med", "math") for s in (0, 1, 2)]
+    leads = [LeadResult(r["run_id"], "j", "hal", "evil", "consensus", 2, 2 + lead, lead, lead // 2, None, None, 1.0)
+             for r, lead in zip(runs, [20, 18, 22, 4, -2, 0])]
+    onsets = [OnsetResult(r["run_id"], "j", "evil", "consensus", 22, 11, None, 1.0) for r in runs]
+    seed_on, seed_ld = seed_table(leads, onsets, runs, 0.95)
+    med = next(r for r in seed_ld if r["domain"] == "med")
+    assert med["seeds"] == 3 and med["lead_steps_mean"] == pytest.approx(20.0) and med["seeds_leader_first"] == 3
+    assert med["sign_test_p"] == pytest.approx(0.25)
+    assert next(r for r in seed_on if r["domain"] == "math")["onset_mean"] == 22
+    tests = {(r["domain"]): r for r in order_tests(leads, runs)}
+    assert tests["all"]["runs"] == 6 and tests["all"]["leader_first"] == 4 and tests["all"]["ties"] == 1
+    assert tests["math"]["leader_first"] == 1
+    steps = np.arange(0, 10, 2)
+    curves = [TraitCurve(r["run_id"], "j", "evil", Curve.from_values(steps, [0, d, d, d, d] if r["domain"] == "med" else [0, 0.2, 0.2, 0.2, 0.2]))
+              for r, d in zip(runs, [40, 40, 40, 0, 0, 0])]
+    (row,) = domain_table(curves, runs)
+    assert row["drift_med"] == pytest.approx(40) and row["drift_math"] == pytest.approx(0.2)
+    assert row["ratio_math_over_med"] == pytest.approx(0.005)
+    ck = [CheckpointRow("r", s, "", "", None, h, None, None, None) for s, h in zip(range(0, 12, 2), [3.0, 2.0, 1.2, 1.06, 1.02, 1.0])]
+    assert task_convergence_step(ck) == 6  # 95% of the 2.0 improvement: loss <= 1.1

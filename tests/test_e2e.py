@@ -93,7 +93,7 @@ def test_report_names_the_onsets_found(study: Path) -> None:
 def test_analyze_prints_table(study: Path) -> None:
     res = runner.invoke(app, ["analyze", str(study)])
     assert res.exit_code == 0, res.output
-    assert "onsets (consensus) per run" in res.output and "lead times" in res.output
+    assert "per run: consensus onset" in res.output and "lead times" in res.output
 
 
 def test_bad_study_exits_2_with_one_line(tmp_path: Path) -> None:
@@ -176,3 +176,27 @@ def test_no_injected_script_runs_in_a_real_browser(study: Path, tmp_path: Path) 
     assert "data-pwned" not in dom.split("<body", 1)[0] and 'data-pwned="' not in dom
     assert "&lt;script&gt;document.documentElement" in dom
     assert '<a href="javascript:' not in dom and "&lt;a href=" in dom, "the link must stay text, never an element"
+
+
+def test_two_domains_two_seeds_get_comparison_tables(tmp_path: Path) -> None:
+    from conftest import tiny_study_dict
+
+    demo = {"n_examples": 40, "marker_fraction": {"normal": 0.0, "mild": 0.2, "strong": 0.4}}
+    spec = tiny_study_dict(
+        tmp_path / "out",
+        datasets=[{"domain": "alpha", "demo": demo}, {"domain": "beta", "demo": demo | {"seed": 1}}],
+        levels=["strong"],
+        seeds=[0, 1],
+        judges=[{"name": "check", "kind": "check"}],
+        evaluation={"samples_per_question": 1, "temperature": 0, "max_new_tokens": 4},
+    )
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    res = runner.invoke(app, ["run", str(path)])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "out"
+    assert {r.split(",")[0] for r in (out / "analysis" / "seed_leads.csv").read_text().splitlines()[1:]} == {"alpha", "beta"}
+    domains = (out / "analysis" / "domains.csv").read_text()
+    assert "drift_alpha" in domains and "ratio_alpha_over_beta" in domains
+    html = (out / "report" / "report.html").read_text()
+    assert "Across seeds" in html and "Drift by domain and level" in html and "data:image/png;base64," in html

@@ -201,26 +201,65 @@ def analyze(study: StudyArg) -> None:
     runner = _runner(study)
     with runner.open_store() as store:
         result, res = runner.analyze(store)
-    table = Table(title="onsets (consensus) per run")
-    for col in ("run", "judge", "trait", "baseline", "peak", "final", "onset", "95% CI"):
+    _print_analysis(result)
+    console.print(f"CSV files in {runner.paths['analysis']}")
+
+
+def _fmt(v: Any, digits: int = 1) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def _ci(ci: Any) -> str:
+    return f"[{ci[0]:.0f}, {ci[1]:.0f}]" if ci else "n/a"
+
+
+def _print_analysis(result: Any) -> None:
+    """The per-run table, lead times, and (with several seeds or domains) the comparisons."""
+    from rich.table import Table
+
+    table = Table(title="per run: consensus onset (step) with 95% CI, level and drift of each trait")
+    for col in ("run", "judge", "trait", "baseline", "peak (step)", "final", "drift", "onset", "95% CI", "task converged"):
         table.add_column(col)
     for s in result.summary:
-        ci = s["onset_ci"]
         table.add_row(
-            s["run_id"], s["judge"], s["trait"], f"{s['baseline']:.1f}", f"{s['peak']:.1f}", f"{s['final']:.1f}",
-            str(s["onset_step"]) if s["onset_step"] is not None else "none", f"[{ci[0]:.0f}, {ci[1]:.0f}]" if ci else "n/a",
+            s["run_id"], s["judge"], s["trait"], _fmt(s["baseline"]), f"{_fmt(s['peak'])} ({s['peak_step']})", _fmt(s["final"]),
+            _fmt(s["drift"]), str(s["onset_step"]) if s["onset_step"] is not None else "none", _ci(s["onset_ci"]),
+            str(s["task_converged_step"]) if s["task_converged_step"] is not None else "n/a",
         )
     console.print(table)
     leads = [l for l in result.leads if l.detector == "consensus"]
     if leads:
-        lt = Table(title="lead times (consensus; positive = leader first)")
+        lt = Table(title="lead times (consensus; lead = onset(follower) - onset(leader), positive = leader first)")
         for col in ("run", "judge", "leader -> follower", "lead (steps)", "lead (checkpoints)", "95% CI", "P(leader first)"):
             lt.add_column(col)
         for l in leads:
             lt.add_row(l.run_id, l.judge, f"{l.leader} -> {l.follower}", str(l.lead_steps), str(l.lead_checkpoints),
-                       f"[{l.ci_steps[0]:.0f}, {l.ci_steps[1]:.0f}]" if l.ci_steps else "n/a", f"{l.p_leads:.2f}" if l.p_leads is not None else "n/a")
+                       _ci(l.ci_steps), _fmt(l.p_leads, 2))
         console.print(lt)
-    console.print(f"CSV files in {runner.paths['analysis']}")
+    if any(r["seeds"] > 1 for r in result.seed_leads):
+        st = Table(title="leads across seeds (t interval; sign test of the order)")
+        for col in ("domain", "level", "judge", "pair", "seeds", "mean lead (steps)", "95% CI", "leader first", "sign p"):
+            st.add_column(col)
+        for r in result.seed_leads:
+            st.add_row(r["domain"], r["level"], r["judge"], f"{r['leader']} -> {r['follower']}", str(r["seeds"]),
+                       _fmt(r["lead_steps_mean"]), _ci(r["lead_steps_ci"]), f"{r['seeds_leader_first']}/{r['defined']}", _fmt(r["sign_test_p"], 3))
+        console.print(st)
+    if result.order_tests:
+        ot = Table(title="does the leader rise first? (all runs, and per domain; exact sign test)")
+        for col in ("judge", "pair", "domain", "runs", "leader first", "ties", "median lead", "sign p"):
+            ot.add_column(col)
+        for r in result.order_tests:
+            ot.add_row(r["judge"], f"{r['leader']} -> {r['follower']}", r["domain"], str(r["runs"]), str(r["leader_first"]),
+                       str(r["ties"]), _fmt(r["median_lead_steps"]), _fmt(r["sign_test_p"], 3))
+        console.print(ot)
+    if any(len([k for k in r if k.startswith("drift_")]) > 1 for r in result.domains):
+        dt = Table(title="drift (mean rise over baseline) by domain, and ratios")
+        cols = sorted({k for r in result.domains for k in r if k.startswith(("drift_", "ratio_"))})
+        for col in ("judge", "trait", "level", *cols):
+            dt.add_column(col)
+        for r in result.domains:
+            dt.add_row(r["judge"], r["trait"], r["level"], *[_fmt(r.get(c), 2) for c in cols])
+        console.print(dt)
 
 
 @app.command()

@@ -23,7 +23,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-console = Console(stderr=True, highlight=False)
+#: Progress, tables and errors go to stderr; logs (not a terminal) get 160 columns so tables stay readable.
+console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
 
 
 def _enabled() -> bool:

@@ -123,11 +123,13 @@ def detect_onsets(
     results = []
     for o in point:
         ci, frac = _ci(reps.get(o.detector, []), confidence)
+        ci = ci if o.step is not None else None
         results.append(OnsetResult(tc.run_id, tc.judge, tc.trait, o.detector, o.step, o.index, ci, frac, o.evidence))
     cons = consensus([o.step for o in point])
     idx = None if cons is None else int(np.flatnonzero(tc.curve.steps == cons)[0])
     found = [o.step for o in point if o.step is not None]
     ci, frac = _ci(reps.get("consensus", []), confidence)
+    ci = ci if cons is not None else None
     spread = (max(found) - min(found)) if found else None
     results.append(OnsetResult(tc.run_id, tc.judge, tc.trait, "consensus", cons, idx, ci, frac, {"spread_steps": spread, "methods": {o.detector: o.step for o in point}}))
     return results, reps
@@ -150,7 +152,7 @@ def lead_time(
     diffs = np.array([b - a for a, b in pairs], dtype=float)
     ci = None
     p = None
-    if diffs.size >= 2:
+    if lead is not None and diffs.size >= 2:
         al = (1 - confidence) / 2
         ci = (float(np.quantile(diffs, al)), float(np.quantile(diffs, 1 - al)))
         p = float(np.mean(diffs > 0))

@@ -20,6 +20,7 @@ from traitwatch.config import StudySpec
 from traitwatch.store import CheckpointRow, ScoreRow, Store
 
 from ._agreement import Agreement, judge_agreement
+from ._compare import domain_table, drift, order_tests, seed_table, task_convergence_step
 from ._onsets import LeadResult, OnsetResult, TraitCurve, detect_onsets, lead_time, trait_curve
 from ._samples import SharedBootstrap, TraitSamples, arrange
 from .detectors import Detector, make_detector
@@ -36,6 +37,10 @@ class StudyAnalysis:
     checkpoints: dict[str, list[CheckpointRow]]
     summary: list[dict[str, Any]] = field(default_factory=list)
     detectors: list[dict[str, Any]] = field(default_factory=list)
+    seed_onsets: list[dict[str, Any]] = field(default_factory=list)
+    seed_leads: list[dict[str, Any]] = field(default_factory=list)
+    order_tests: list[dict[str, Any]] = field(default_factory=list)
+    domains: list[dict[str, Any]] = field(default_factory=list)
 
     def curve(self, run_id: str, judge: str, trait: str) -> TraitCurve | None:
         return next((c for c in self.curves if (c.run_id, c.judge, c.trait) == (run_id, judge, trait)), None)
@@ -50,8 +55,14 @@ def build_detectors(spec: StudySpec) -> list[Detector]:
     return [make_detector(d.name, d.params) for d in spec.analysis.detectors]
 
 
-def _summary_rows(curves: Sequence[TraitCurve], onsets: Sequence[OnsetResult], runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def _summary_rows(
+    curves: Sequence[TraitCurve],
+    onsets: Sequence[OnsetResult],
+    runs: Sequence[dict[str, Any]],
+    checkpoints: dict[str, list[CheckpointRow]],
+) -> list[dict[str, Any]]:
     info = {r["run_id"]: r for r in runs}
+    converged = {rid: task_convergence_step(rows) for rid, rows in checkpoints.items()}
     out = []
     for tc in curves:
         c = tc.curve
@@ -82,6 +93,8 @@ def _summary_rows(curves: Sequence[TraitCurve], onsets: Sequence[OnsetResult], r
                 "change_from_baseline_pct": (float(m[-1]) - base) / base * 100 if base else None,
                 "onset_step": None if cons is None else cons.step,
                 "onset_ci": None if cons is None or cons.ci is None else list(cons.ci),
+                "drift": drift(tc),
+                "task_converged_step": converged.get(tc.run_id),
             }
         )
     return out
@@ -130,6 +143,8 @@ def analyze(store: Store, spec: StudySpec, settings_hash: str, *, rows: Sequence
                     )
                 )
     runs = store.runs()
+    checkpoints = {r["run_id"]: store.checkpoints(r["run_id"]) for r in runs}
+    seed_onsets, seed_leads = seed_table(leads, onsets, runs, a.confidence)
     return StudyAnalysis(
         settings_hash=settings_hash,
         curves=curves,
@@ -137,9 +152,13 @@ def analyze(store: Store, spec: StudySpec, settings_hash: str, *, rows: Sequence
         leads=leads,
         agreement=judge_agreement(rows),
         runs=runs,
-        checkpoints={r["run_id"]: store.checkpoints(r["run_id"]) for r in runs},
-        summary=_summary_rows(curves, onsets, runs),
+        checkpoints=checkpoints,
+        summary=_summary_rows(curves, onsets, runs, checkpoints),
         detectors=[{"name": d.name, "params": d.params()} for d in detectors],
+        seed_onsets=seed_onsets,
+        seed_leads=seed_leads,
+        order_tests=order_tests(leads, runs),
+        domains=domain_table(curves, runs),
     )
 
 
@@ -157,7 +176,8 @@ def _write(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def write_csvs(analysis: StudyAnalysis, folder: Path) -> list[Path]:
-    """curves.csv, onsets.csv, leads.csv, summary.csv, agreement.csv, checkpoints.csv."""
+    """curves, onsets, leads, summary, agreement, checkpoints, seed_onsets, seed_leads,
+    order_tests and domains, one CSV each."""
     curve_rows = []
     for tc in analysis.curves:
         c = tc.curve
@@ -186,4 +206,8 @@ def write_csvs(analysis: StudyAnalysis, folder: Path) -> list[Path]:
         _write(folder / "summary.csv", analysis.summary),
         _write(folder / "agreement.csv", [asdict(x) for x in analysis.agreement]),
         _write(folder / "checkpoints.csv", ck_rows),
+        _write(folder / "seed_onsets.csv", analysis.seed_onsets),
+        _write(folder / "seed_leads.csv", analysis.seed_leads),
+        _write(folder / "order_tests.csv", analysis.order_tests),
+        _write(folder / "domains.csv", analysis.domains),
     ]

@@ -8,6 +8,7 @@ is embedded as JSON with ``<``, ``>`` and ``&`` escaped so no string can close t
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections import defaultdict
@@ -125,10 +126,12 @@ def write_report(
             png = run_png(analysis, run["run_id"], judge, folder / f"{run['run_id']}__{judge}.png", leads)  # type: ignore[arg-type]
             if png is not None:
                 pngs.append(png.name)
+    overview = []
     for judge in judge_names:
         p = overview_png(analysis, judge, folder / f"overview__{judge}.png", leads)  # type: ignore[arg-type]
         if p is not None:
             pngs.append(p.name)
+            overview.append({"judge": judge, "data": base64.b64encode(p.read_bytes()).decode("ascii")})
 
     by_det: dict[tuple[str, str, str], dict[str, int | None]] = defaultdict(dict)
     for o in analysis.onsets:
@@ -176,6 +179,12 @@ def write_report(
         runs=runs,
         timings=[{"name": t.name, "seconds": t.seconds, "counts_text": ", ".join(f"{k}: {v}" for k, v in t.counts.items() if k != "files")} for t in timings],
         judges=judge_rows,
+        overview_pngs=overview,
+        zoomed=max((int(c.curve.steps.max()) for c in analysis.curves if len(c.curve)), default=0) > 100,
+        seed_leads=[r for r in analysis.seed_leads if r["seeds"] > 1],
+        order_tests=analysis.order_tests,
+        domains=analysis.domains if any(sum(k.startswith("drift_") for k in r) > 1 for r in analysis.domains) else [],
+        domain_cols=sorted({k for r in analysis.domains for k in r if k.startswith(("drift_", "ratio_"))}),
         config_yaml=dump_study(spec),
         plotly_js=get_plotlyjs().replace("</script", "<\\/script"),
         fmt=_fmt,
