@@ -218,12 +218,12 @@ def _print_analysis(result: Any) -> None:
     from rich.table import Table
 
     table = Table(title="per run: consensus onset (step) with 95% CI, level and drift of each trait")
-    for col in ("run", "judge", "trait", "baseline", "peak (step)", "final", "drift", "onset", "95% CI", "task converged"):
+    for col in ("run", "judge", "trait", "baseline", "peak (step)", "final", "change %", "drift", "onset", "95% CI", "task converged"):
         table.add_column(col)
     for s in result.summary:
         table.add_row(
             s["run_id"], s["judge"], s["trait"], _fmt(s["baseline"]), f"{_fmt(s['peak'])} ({s['peak_step']})", _fmt(s["final"]),
-            _fmt(s["drift"]), str(s["onset_step"]) if s["onset_step"] is not None else "none", _ci(s["onset_ci"]),
+            _fmt(s["change_from_baseline_pct"], 0), _fmt(s["drift"]), str(s["onset_step"]) if s["onset_step"] is not None else "none", _ci(s["onset_ci"]),
             str(s["task_converged_step"]) if s["task_converged_step"] is not None else "n/a",
         )
     console.print(table)

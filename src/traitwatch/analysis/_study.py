@@ -90,7 +90,8 @@ def _summary_rows(
                 "peak": float(m[peak_i]),
                 "peak_step": int(s[peak_i]),
                 "mean_level": auc,
-                "change_from_baseline_pct": (float(m[-1]) - base) / base * 100 if base else None,
+                # relative change needs a baseline that is not ~0 (1 point on the 0-100 scale)
+                "change_from_baseline_pct": (float(m[-1]) - base) / base * 100 if abs(base) >= 1.0 else None,
                 "onset_step": None if cons is None else cons.step,
                 "onset_ci": None if cons is None or cons.ci is None else list(cons.ci),
                 "drift": drift(tc),
