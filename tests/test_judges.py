@@ -179,7 +179,7 @@ def test_malformed_and_persistent_errors_become_none_with_reason() -> None:
         j = openai_judge("m", base_url=srv.base_url, api_key_env=None, backoff_s=0.01, max_retries=1, max_concurrency=1)
         a, b = j.judge([req("1"), req("2")])
         reasons = sorted([a.reason, b.reason])
-        assert a.score is None and b.score is None
+        assert a.score is None and b.score is None and a.failed and b.failed, "failures are not answers"
         assert any("gave up after 2 attempts (malformed JSON body)" in r for r in reasons)
         assert any("no top_logprobs" in r for r in reasons)
 

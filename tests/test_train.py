@@ -81,9 +81,9 @@ def test_training_saves_dense_checkpoints_and_learns(tiny_model: LoadedModel, tm
         assert res.steps_run == 6 and not res.stopped_early
         # step 0 is the untouched base: LoRA B matrices are zero
         assert all(float(v.abs().sum()) == 0 for k, v in _adapter(plan, 0).items() if "lora_B" in k)
-        # the resume state lives only beside the latest checkpoint
-        states = [p for p in plan.checkpoint_dir.rglob("train_state.safetensors")]
-        assert [p.parent.name for p in states] == ["step_000006"]
+        # the resume state lives beside the two latest checkpoints only
+        states = sorted(p.parent.name for p in plan.checkpoint_dir.rglob("train_state.safetensors"))
+        assert states == ["step_000004", "step_000006"]
         again = train_run(plan, tiny_model, store)
         assert again.steps_run == 0
     assert not any(n for n, _ in tiny_model.model.named_modules() if "lora" in n), "LoRA must be removed after training"
@@ -140,3 +140,19 @@ def test_callback_can_stop_a_run_early(tiny_model: LoadedModel, tmp_path: Path) 
         assert store.runs()[0]["status"] == "stopped_early"
         again = train_run(plan, tiny_model, store)
         assert again.steps_run == 0, "an early-stopped run is not silently continued"
+
+
+def test_damaged_latest_checkpoint_is_redone_not_loaded(tiny_model: LoadedModel, tmp_path: Path) -> None:
+    full = _plan(tmp_path, "full")
+    with Store(tmp_path / "full.sqlite") as store:
+        train_run(full, tiny_model, store)
+    plan = _plan(tmp_path, "dmg")
+    with Store(tmp_path / "dmg.sqlite") as store:
+        train_run(plan, tiny_model, store)
+        latest = plan.checkpoint_dir / "step_000006" / "adapter_model.safetensors"
+        latest.write_bytes(latest.read_bytes()[:100])  # truncated by a full disk, say
+        res = train_run(plan, tiny_model, store)
+        assert res.resumed_from == 4 and res.steps_run == 2
+        assert [r.step for r in store.checkpoints("r")] == [0, 2, 4, 6]
+    for k, v in _adapter(full, 6).items():
+        assert torch.equal(v, _adapter(plan, 6)[k])

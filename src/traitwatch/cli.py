@@ -324,6 +324,9 @@ def validate(study: StudyArg) -> None:
             data = load_level(ds, level, spec.output_dir)
             n += len(data)
             console.print(f"{ds.domain}/{level}: {len(data)} examples ok ({data.path})")
+    from traitwatch.pipeline import StudyRunner
+
+    StudyRunner(spec).check_names()
     suites = load_suites(spec)
     for s in suites.suites:
         console.print(f"suite {s.name}: {len(s.questions)} questions, traits: {', '.join(s.traits)}")

@@ -123,7 +123,7 @@ ALIASES = {
 }
 
 
-def _fix_for(err: dict[str, Any], loc: Loc, root: type[BaseModel]) -> str:
+def _fix_for(err: dict[str, Any], loc: Loc, root: type[BaseModel], docs: str = "docs/config.md") -> str:
     kind = err["type"]
     ctx = err.get("ctx") or {}
     if kind == "extra_forbidden":
@@ -153,8 +153,8 @@ def _fix_for(err: dict[str, Any], loc: Loc, root: type[BaseModel]) -> str:
     if kind == "string_pattern_mismatch":
         return "use only letters, digits, '_', '.' and '-'"
     if kind == "value_error":
-        return "see the message"
-    return "see docs/config.md for this key"
+        return f"change it as the message says (format: {docs})"
+    return f"see {docs} for this key"
 
 
 def format_validation_error(
@@ -163,6 +163,7 @@ def format_validation_error(
     lines: dict[Loc, int],
     root: type[BaseModel] = StudySpec,
     error_type: type[TraitwatchError] = ConfigError,
+    docs: str = "docs/config.md",
 ) -> TraitwatchError:
     """Turn the first pydantic error into a one-line error; the rest are summarised by count."""
     errors = exc.errors()
@@ -190,7 +191,7 @@ def format_validation_error(
     return error_type(
         f"{_dotted(loc)}: {msg}{shown}{more}",
         where=f"{file}:{line}",
-        fix=_fix_for(first, loc, root),
+        fix=_fix_for(first, loc, root, docs),
     )
 
 

@@ -22,7 +22,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from traitwatch.config import SuiteRef, format_validation_error, read_yaml
 from traitwatch.errors import DataError
@@ -60,15 +60,20 @@ class TraitDef(_Strict):
     rubric: str | None = None
     checker: CheckerSpec | None = None
 
+    @field_validator("rubric")
+    @classmethod
+    def _rubric_usable(cls, rubric: str | None) -> str | None:
+        if rubric is not None:
+            if "{answer}" not in rubric:
+                raise ValueError("the rubric must contain the placeholder {answer}")
+            if not _SCORE_INSTRUCTION.search(rubric):
+                raise ValueError("the rubric has no score instruction: it must ask for a number from 0 to 100")
+        return rubric
+
     @model_validator(mode="after")
     def _scorable(self) -> "TraitDef":
         if self.rubric is None and self.checker is None:
             raise ValueError("a trait needs a 'rubric' (for LLM judges) or a 'checker' (or both)")
-        if self.rubric is not None:
-            if "{answer}" not in self.rubric:
-                raise ValueError("the rubric must contain the placeholder {answer}")
-            if not _SCORE_INSTRUCTION.search(self.rubric):
-                raise ValueError("the rubric has no score instruction: it must ask for a number from 0 to 100")
         return self
 
 
@@ -212,7 +217,7 @@ def load_suite(ref: str | SuiteRef, *, allow_no_questions: bool = False) -> Suit
         try:
             parsed = SuiteFile.model_validate(data)
         except ValidationError as exc:
-            raise format_validation_error(exc, str(path), lines, root=SuiteFile, error_type=DataError) from None
+            raise format_validation_error(exc, str(path), lines, root=SuiteFile, error_type=DataError, docs="docs/suites.md") from None
         suite = Suite(
             name=parsed.name,
             source=name,

@@ -245,12 +245,15 @@ class OpenAIJudge:
                     wait = _retry_after(resp.headers)
                 else:
                     text = resp.text[:200].replace("\n", " ")
-                    return Judgment(None, f"HTTP {resp.status_code}: {text}", "first_token_top20"), attempt + 1
+                    return Judgment(None, f"HTTP {resp.status_code}: {text}", "first_token_top20", failed=True), attempt + 1
             if attempt < self.max_retries:
                 self.stats["retries"] += 1
                 backoff = self.backoff_s * (2**attempt)
                 await asyncio.sleep(wait if wait is not None else random.uniform(0, min(60.0, backoff)))
-        return Judgment(None, f"gave up after {self.max_retries + 1} attempts ({last})", "first_token_top20"), self.max_retries + 1
+        return (
+            Judgment(None, f"gave up after {self.max_retries + 1} attempts ({last})", "first_token_top20", failed=True),
+            self.max_retries + 1,
+        )
 
     def _parse(self, data: dict[str, Any], attempts: int) -> Judgment:
         usage = data.get("usage") or {}
@@ -261,7 +264,8 @@ class OpenAIJudge:
             first = data["choices"][0]["logprobs"]["content"][0]
             top = [(str(t["token"]), float(t["logprob"])) for t in first["top_logprobs"]]
         except (KeyError, IndexError, TypeError, ValueError):
-            return Judgment(None, "response has no top_logprobs for the first token", "first_token_top20", {}, tin, tout, cost)
+            return Judgment(None, "response has no top_logprobs for the first token (does the server support logprobs?)",
+                            "first_token_top20", {}, tin, tout, cost, failed=True)
         raw: dict[str, Any] = {"top_logprobs": top, "attempts": attempts}
         scored: Scored
         method = "first_token_top20"

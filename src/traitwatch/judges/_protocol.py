@@ -37,6 +37,11 @@ class JudgeRequest:
 
 @dataclass(frozen=True)
 class Judgment:
+    """A judge's answer. ``score`` None with a ``reason`` is a real outcome (e.g. too little
+    probability on numbers) and is stored. ``failed`` marks a request that did not get an
+    answer (unreachable server, garbage body, retries exhausted): it is not stored, so the
+    next run asks again."""
+
     score: float | None
     reason: str | None
     method: str
@@ -44,6 +49,7 @@ class Judgment:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    failed: bool = False
 
 
 #: Called with (index into the requests, judgment) as soon as a judgment is ready.

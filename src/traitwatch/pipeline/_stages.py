@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from traitwatch.config import ModelSpec, StudySpec, dump_study
-from traitwatch.errors import BudgetExceeded, StoreError
+from traitwatch.errors import BudgetExceeded, JudgeError, StoreError
 from traitwatch.generate import Answer, GenerationRequest, hf_generator
 from traitwatch.judges import Budget, Judge, JudgeRequest, Judgment, checker, local_judge, openai_judge
 from traitwatch.models import LoadedModel, describe, load_model
@@ -93,16 +93,68 @@ class StudyRunner:
                 where=str(out),
                 fix="free space or choose another output_dir",
             )
-        self.suites  # noqa: B018 - validates every suite file now
+        self.check_names()
         for j in self.spec.judges:
             if j.kind == "openai":
                 judge = self.make_judge(j.name, Budget(None))
                 judge.preflight()  # type: ignore[attr-defined]
 
+    def check_names(self) -> None:
+        """Names used later (detectors, lead pairs, judges' traits) must exist now, not hours in."""
+        from traitwatch.analysis import build_detectors
+        from traitwatch.errors import ConfigError
+
+        build_detectors(self.spec)
+        known = sorted(self.suites.traits())
+        fix = f"use trait names from the suites: {', '.join(known)}"
+        for i, (a, b) in enumerate(self.spec.analysis.leads):
+            for t in (a, b):
+                if t not in known:
+                    raise ConfigError(f"lead pair names unknown trait '{t}'", where=f"analysis.leads[{i}]", fix=fix)
+        for j in self.spec.judges:
+            for t in j.traits or []:
+                if t not in known:
+                    raise ConfigError(f"judge '{j.name}' names unknown trait '{t}'", where=f"judges[{j.name}].traits", fix=fix)
+
     # -- train -------------------------------------------------------------------------------
+    def adapter_bytes(self) -> int:
+        """Bytes of one saved LoRA adapter (fp32), from the model's layer shapes."""
+        import torch
+
+        targets = self.spec.lora.target_modules
+        out_layer = self.base.model.get_output_embeddings()
+        n = 0
+        for name, mod in self.base.model.named_modules():
+            if not isinstance(mod, torch.nn.Linear) or mod is out_layer:
+                continue
+            if targets == "all-linear" or any(name == t or name.endswith("." + t) for t in targets):
+                n += self.spec.lora.r * (mod.in_features + mod.out_features)
+        return 4 * n
+
+    def check_disk(self, plans: Sequence[Any]) -> None:
+        """Fail before training when the study's checkpoints and answers will not fit on disk."""
+        per = self.adapter_bytes()
+        ev = self.spec.evaluation
+        need = MIN_FREE_BYTES
+        for p in plans:
+            existing = len(list((p.checkpoint_dir).glob("step_*"))) if p.checkpoint_dir.exists() else 0
+            steps = total_steps(len(split_heldout(len(p.examples), p.training, p.seed)[0]), p.training)
+            checkpoints = steps // p.training.save_every + 2
+            questions = sum(len(s.questions) for s in self.suites.suites)
+            need += max(0, checkpoints - existing) * per + 6 * per  # adapters + two resume states
+            need += max(0, checkpoints - existing) * questions * ev.samples_per_question * (ev.max_new_tokens * 4 + 600)
+        free = shutil.disk_usage(self.paths["out"]).free
+        if free < need:
+            raise StoreError(
+                f"the study needs about {need / 2**30:.2f} GiB on the output disk and only {free / 2**30:.2f} GiB is free",
+                where=str(self.paths["out"]),
+                fix="free space, choose another output_dir, or raise training.save_every",
+            )
+
     def train(self, store: Store, *, callbacks: Sequence[TrainCallback] = ()) -> StageResult:
         t0 = time.time()
         plans = plan_runs(self.spec, self.base.identity)
+        self.check_disk(plans)
         store.set_meta("spec", dump_study(self.spec))
         store.set_meta("model", _json(describe(self.base)))
         steps_run = 0
@@ -316,6 +368,7 @@ class StudyRunner:
             chunk = {"check": 2000, "local": jspec.batch_size * 4, "openai": jspec.max_concurrency * 8}[jspec.kind]
             flush_at = 1 if jspec.kind == "openai" else 256  # paid answers are stored the moment they arrive
             made = 0
+            failures: list[str] = []
             with stage_progress(f"judge {jspec.name}", len(todo)) as bar:
                 for i in range(0, len(todo), chunk):
                     part = todo[i : i + chunk]
@@ -328,6 +381,9 @@ class StudyRunner:
 
                     def on_result(k: int, res: Judgment, part: list[tuple[str, JudgeRequest]] = part) -> None:
                         key, req = part[k]
+                        if res.failed:  # not an answer: leave it unstored so the next run asks again
+                            failures.append(res.reason or "failed")
+                            return
                         pending.append((_judgment_row(judge, key, req, res), links_by_key[key]))
                         if len(pending) >= flush_at:
                             flush()
@@ -336,7 +392,7 @@ class StudyRunner:
                         results = judge.judge([r for _, r in part], on_result=on_result)
                     finally:
                         flush()
-                    made += sum(1 for r in results if r is not None)
+                    made += sum(1 for r in results if r is not None and not r.failed)
                     bar.advance(len(part))
                     if budget.exhausted:
                         raise BudgetExceeded(
@@ -346,6 +402,12 @@ class StudyRunner:
                             fix="raise budget.max_usd in the study and rerun; nothing already judged will be sent again",
                         )
             counts[jspec.name] = {"new": made, "reused": len(reuse), "already": done, "links": len(work)}
+            if failures:
+                raise JudgeError(
+                    f"{len(failures)} of {len(todo)} requests got no usable answer (first: {failures[0]}); {made} judgments stored",
+                    where=f"judge {jspec.name}",
+                    fix="check the endpoint and rerun traitwatch judge; only the failed requests are sent again",
+                )
         return StageResult("judge", time.time() - t0, counts)
 
     # -- analyze and report ------------------------------------------------------------------

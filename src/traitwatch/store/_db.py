@@ -293,6 +293,11 @@ class Store:
                 ),
             )
 
+    def delete_checkpoint(self, run_id: str, step: int) -> None:
+        """Forget a checkpoint (its folder was found damaged and will be redone)."""
+        with self.transaction() as c:
+            c.execute("DELETE FROM checkpoints WHERE run_id=? AND step=?", (run_id, step))
+
     def checkpoints(self, run_id: str | None = None) -> list[CheckpointRow]:
         sql = "SELECT run_id, step, path, adapter_sha, train_loss, heldout_loss, learning_rate, tokens_seen, elapsed_s FROM checkpoints"
         args: tuple[Any, ...] = ()

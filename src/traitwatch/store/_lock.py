@@ -28,8 +28,15 @@ class StudyLock:
         self._fh: object | None = None
 
     def __enter__(self) -> "StudyLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+", encoding="utf-8")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(self.path, "a+", encoding="utf-8")
+        except OSError as exc:
+            raise StoreError(
+                f"the output folder is not writable ({exc.strerror})",
+                where=str(self.path.parent),
+                fix="choose a writable output_dir",
+            ) from None
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

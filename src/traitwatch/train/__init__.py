@@ -1,6 +1,6 @@
 """LoRA SFT with dense checkpoints, assistant-only loss, and exact resume."""
 
-from ._checkpoints import ADAPTER_FILE, list_checkpoints, read_meta, remove_partial, step_dir, verify
+from ._checkpoints import ADAPTER_FILE, is_intact, list_checkpoints, read_meta, remove_partial, step_dir, verify
 from ._loop import (
     CheckpointEvent,
     RunPlan,
@@ -29,6 +29,7 @@ __all__ = [
     "encode_chat",
     "encode_prompt",
     "heldout_loss",
+    "is_intact",
     "list_checkpoints",
     "lr_at",
     "read_meta",

@@ -5,13 +5,15 @@ Layout of a run folder::
     runs/<run_id>/checkpoints/step_000010/adapter_model.safetensors
                                           adapter_config.json
                                           meta.json              (step, losses, sha256, size)
-                                          train_state.safetensors (latest checkpoint only)
+                                          train_state.safetensors (two latest checkpoints)
                                           train_state.json
 
 Why: a checkpoint is written to ``step_000010.tmp`` and renamed when complete, so a folder
 with a final name is always whole; a ``.tmp`` folder left by a crash is deleted and redone.
-The optimizer state, RNG states and data position live beside the latest checkpoint only
-(as safetensors and JSON, never pickle), so resuming continues the exact same run.
+The optimizer state, RNG states and data position live beside the two latest checkpoints
+(as safetensors and JSON, never pickle), so resuming continues the exact same run, and a
+latest checkpoint found damaged (its adapter no longer matches the size and sha256 in its
+meta) costs one checkpoint interval: it is deleted and redone from the one before.
 """
 
 from __future__ import annotations
@@ -70,11 +72,24 @@ def read_meta(folder: Path) -> dict[str, Any]:
     return dict(json.loads((folder / "meta.json").read_text()))
 
 
+def is_intact(folder: Path, *, full: bool = False) -> bool:
+    """True when the adapter file matches its meta (size; and sha256 when ``full``)."""
+    try:
+        verify(folder, full=full)
+    except (ModelError, OSError, KeyError, ValueError):
+        return False
+    return True
+
+
 def verify(folder: Path, *, full: bool = False) -> None:
     """Check the adapter file against its meta (size always, sha256 when ``full``)."""
-    meta = read_meta(folder)
     f = folder / ADAPTER_FILE
-    if f.stat().st_size != meta["adapter_bytes"] or (full and file_sha256(f) != meta["adapter_sha"]):
+    try:
+        meta = read_meta(folder)
+        bad = f.stat().st_size != meta["adapter_bytes"] or (full and file_sha256(f) != meta["adapter_sha"])
+    except (OSError, KeyError, ValueError):
+        bad = True
+    if bad:
         raise ModelError(
             "checkpoint adapter does not match its meta.json (truncated or replaced)",
             where=str(f),

@@ -20,6 +20,7 @@ Conventions (stated once, used everywhere):
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,10 +36,12 @@ from traitwatch.config import LoraSpec, TrainingSpec
 from traitwatch.data import ChatExample
 from traitwatch.errors import DataError
 from traitwatch.models import LoadedModel, head_logits, split_lm
+from traitwatch.progress import console
 from traitwatch.store import CheckpointRow, Store
 
 from ._checkpoints import (
     drop_train_state,
+    is_intact,
     list_checkpoints,
     load_adapter_tensors,
     load_train_state,
@@ -278,7 +281,7 @@ def train_run(
     # -- what is already on disk -----------------------------------------------------------
     ckdir = plan.checkpoint_dir
     remove_partial(ckdir)
-    on_disk = list_checkpoints(ckdir)
+    on_disk = _drop_damaged(list_checkpoints(ckdir), store, plan.run_id)
     stored = {c.step for c in store.checkpoints(plan.run_id)}
     for step, folder in on_disk:
         if step not in stored:
@@ -308,8 +311,8 @@ def train_run(
             fut, folder = pending.pop(0)
             meta = fut.result()
             _record(store, plan.run_id, folder, meta)
-            for s, older in list_checkpoints(ckdir):
-                if s < meta["step"]:
+            for older_step, older in list_checkpoints(ckdir)[:-2]:
+                if older_step < meta["step"]:
                     drop_train_state(older)
         save_wait += time.time() - tw
 
@@ -349,7 +352,6 @@ def train_run(
             state = load_train_state(folder)
             if state is None:
                 continue
-            verify(folder, full=True)
             set_peft_model_state_dict(model, {k: v.to(device) for k, v in load_adapter_tensors(folder).items()})
             tensors, info = state
             opt.load_state_dict(optimizer_from_tensors({k: v.to(device) for k, v in tensors.items()}, info))
@@ -399,6 +401,25 @@ def train_run(
     return TrainResult(
         plan.run_id, steps, saved[-1], resumed_from, stopped, time.time() - t0, steps - start, save_wait, sorted(set(saved))
     )
+
+
+def _drop_damaged(on_disk: list[tuple[int, Path]], store: Store, run_id: str) -> list[tuple[int, Path]]:
+    """Delete checkpoints whose adapter no longer matches its meta, and every later one.
+
+    The size is checked for all (cheap); the sha256 for the two latest (the ones training
+    resumes from). Deleted checkpoints are redone by training; their store rows are removed
+    so nothing downstream reads a stale record.
+    """
+    damaged = next(
+        (i for i, (_, folder) in enumerate(on_disk) if not is_intact(folder, full=i >= len(on_disk) - 2)), None
+    )
+    if damaged is None:
+        return on_disk
+    for step, folder in on_disk[damaged:]:
+        shutil.rmtree(folder, ignore_errors=True)
+        store.delete_checkpoint(run_id, step)
+    console.print(f"  {run_id}: checkpoint step {on_disk[damaged][0]} is damaged; redoing it and the ones after it")
+    return on_disk[:damaged]
 
 
 class _StopRun(Exception):
