@@ -46,8 +46,10 @@ def completion(top: list[tuple[str, float]], prompt_tokens: int = 120) -> dict[s
 
 
 class FakeOpenAI:
-    def __init__(self, default_top: list[tuple[str, float]]) -> None:
+    def __init__(self, default_top: list[tuple[str, float]], responder: Any = None) -> None:
+        """``responder(body) -> top`` (optional) chooses the top log-probabilities per request."""
         self.default_top = default_top
+        self.responder = responder
         self.script: deque[Scripted] = deque()
         self.requests: list[dict[str, Any]] = []
         self.auth: list[str | None] = []
@@ -71,7 +73,8 @@ class FakeOpenAI:
                     time.sleep(step.delay_s)
                 if not self.path.endswith("/chat/completions"):
                     step = Scripted(status=404, body={"error": {"message": "not found"}})
-                payload = step.body if step.body is not None else completion(step.top or outer.default_top)
+                top = step.top or (outer.responder(body) if outer.responder else outer.default_top)
+                payload = step.body if step.body is not None else completion(top)
                 data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
                 try:
                     self.send_response(step.status)

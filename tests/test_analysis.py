@@ -257,3 +257,24 @@ def test_comparisons_across_seeds_and_domains() -> None:
     assert row["ratio_math_over_med"] == pytest.approx(0.005)
     ck = [CheckpointRow("r", s, "", "", None, h, None, None, None) for s, h in zip(range(0, 12, 2), [3.0, 2.0, 1.2, 1.06, 1.02, 1.0])]
     assert task_convergence_step(ck) == 6  # 95% of the 2.0 improvement: loss <= 1.1
+
+
+def test_combined_judge_disagreements_and_order_by_judge() -> None:
+    from traitwatch.analysis import LeadResult, combine_judges, disagreements
+    from traitwatch.analysis._study import order_by_judge
+
+    rows = []
+    for step, (a, b, c) in enumerate([(10, 30, 90), (80, 60, 50), (0, 0, 100)]):
+        rows += [ScoreRow("r", step, "s", "q", 0, j, "t", float(v)) for j, v in (("A", a), ("B", b), ("check", c))]
+    rows.append(ScoreRow("r", 9, "s", "q", 0, "A", "t", 50.0))  # only one judge: not combined
+    comb = combine_judges(rows, ["A", "B"], "mean")
+    assert [(r.step, r.score, r.judge) for r in comb] == [(0, 20.0, "combined-mean"), (1, 70.0, "combined-mean"), (2, 0.0, "combined-mean")]
+    assert [r.score for r in combine_judges(rows, ["A", "B", "check"], "median")] == [30.0, 60.0, 0.0]
+    top = disagreements(rows, k=1)
+    ab = next(d for d in top if (d.judge_a, d.judge_b) == ("A", "B"))
+    assert (ab.step, ab.score_a, ab.score_b) == (0, 10.0, 30.0) or (ab.step, ab.score_a, ab.score_b) == (1, 80.0, 60.0)
+    assert next(d for d in top if (d.judge_a, d.judge_b) == ("A", "check")).step == 2
+    mk = lambda judge, lead: LeadResult("r", judge, "x", "y", "consensus", 2, None if lead is None else 2 + lead, lead, lead, None, None, 1.0)
+    verdicts = order_by_judge([mk("A", 4), mk("B", 6)]), order_by_judge([mk("A", 4), mk("B", -2)]), order_by_judge([mk("A", 4), mk("B", None)])
+    assert [v[0]["verdict"] for v in verdicts] == [
+        "leader first under every judge", "judges disagree on the order", "leader first under every judge that found both onsets"]

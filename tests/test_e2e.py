@@ -86,6 +86,7 @@ def test_report_names_the_onsets_found(study: Path) -> None:
         if row["onset_step"] is not None:
             assert f"<td class=\"num\"><b>{row['onset_step']}</b></td>" in html
     assert "Weak judge" in html and list(out.glob("report/*.png"))
+    assert "Where the judges disagree most" in html and "Judge agreement" in html
     for name in ("curves.csv", "onsets.csv", "leads.csv", "summary.csv"):
         assert (out / "analysis" / name).exists()
 

@@ -194,6 +194,36 @@ def judge(
 
 @app.command()
 @friendly
+def calibrate(
+    study: StudyArg,
+    only: Annotated[str | None, typer.Option("--judge", help="Calibrate only this judge.")] = None,
+    set_ref: Annotated[str | None, typer.Option("--set", help="A calibration JSONL file (default: the study's, builtin:default).")] = None,
+) -> None:
+    """Score a calibration set (known low/high answers per trait) with the study's LLM judges.
+
+    Prints accuracy per judge and trait and the items each judge got wrong. With
+    calibration.min_accuracy set, exits 2 when a judge is below it (as `judge` would).
+    """
+    from rich.table import Table
+
+    runner = _runner(study)
+    runner.preflight()
+    with _locked(runner), runner.open_store() as store:
+        results = runner.calibrate(store, only=only, set_ref=set_ref)
+    table = Table(title=f"calibration (high = score >= {runner.spec.calibration.cut:.0f})")
+    for col in ("judge", "trait", "items", "accuracy", "wrong (item: expected, got)"):
+        table.add_column(col)
+    for r in results:
+        wrong = "; ".join(f"{i}: {w}, {'none' if s is None else f'{s:.0f}'}" for i, w, s in r.failures[:6])
+        table.add_row(r.judge, r.trait, str(r.n), f"{r.accuracy:.0%}", wrong + (" ..." if len(r.failures) > 6 else ""))
+    console.print(table)
+    if not results:
+        console.print("no LLM judge scores a trait of the calibration set (check judges and suites)")
+    runner.gate(results)
+
+
+@app.command()
+@friendly
 def analyze(study: StudyArg) -> None:
     """Compute curves, onsets and lead times; print the per-run table and write CSVs."""
     from rich.table import Table

@@ -74,3 +74,49 @@ def judge_agreement(rows: Iterable[ScoreRow]) -> list[Agreement]:
             alpha = krippendorff_alpha_interval(pairs.tolist())
             out.append(Agreement(trait, a, b, int(x.size), sp, pe, float(np.mean(np.abs(x - y))), alpha))
     return out
+
+
+@dataclass(frozen=True)
+class Disagreement:
+    trait: str
+    judge_a: str
+    judge_b: str
+    run_id: str
+    step: int
+    suite: str
+    question_id: str
+    sample: int
+    score_a: float
+    score_b: float
+
+
+def disagreements(rows: Iterable[ScoreRow], k: int = 5) -> list[Disagreement]:
+    """The ``k`` answers per trait and judge pair where the two judges differ most."""
+    table: dict[str, dict[tuple[str, int, str, str, int], dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    for r in rows:
+        if r.score is not None:
+            table[r.trait][(r.run_id, r.step, r.suite, r.question_id, r.sample)][r.judge] = r.score
+    out = []
+    for trait, items in sorted(table.items()):
+        judges = sorted({j for v in items.values() for j in v})
+        for a, b in combinations(judges, 2):
+            both = [(abs(v[a] - v[b]), key, v[a], v[b]) for key, v in items.items() if a in v and b in v]
+            both.sort(key=lambda x: (-x[0], x[1]))
+            out.extend(Disagreement(trait, a, b, *key, sa, sb) for _, key, sa, sb in both[:k])
+    return out
+
+
+def combine_judges(rows: Iterable[ScoreRow], judges: Iterable[str], mode: str) -> list[ScoreRow]:
+    """A combined judge (``combined-mean`` or ``combined-median``) over ``judges``, for answers
+    at least two of them scored."""
+    members = set(judges)
+    items: dict[tuple[str, int, str, str, int, str], list[float]] = defaultdict(list)
+    for r in rows:
+        if r.judge in members and r.score is not None:
+            items[(r.run_id, r.step, r.suite, r.question_id, r.sample, r.trait)].append(r.score)
+    agg = np.mean if mode == "mean" else np.median
+    return [
+        ScoreRow(run, step, suite, q, sample, f"combined-{mode}", trait, float(agg(v)))
+        for (run, step, suite, q, sample, trait), v in sorted(items.items())
+        if len(v) >= 2
+    ]

@@ -19,7 +19,7 @@ import numpy as np
 from traitwatch.config import StudySpec
 from traitwatch.store import CheckpointRow, ScoreRow, Store
 
-from ._agreement import Agreement, judge_agreement
+from ._agreement import Agreement, Disagreement, combine_judges, disagreements, judge_agreement
 from ._compare import domain_table, drift, order_tests, seed_table, task_convergence_step
 from ._onsets import LeadResult, OnsetResult, TraitCurve, detect_onsets, lead_time, trait_curve
 from ._samples import SharedBootstrap, TraitSamples, arrange
@@ -41,6 +41,8 @@ class StudyAnalysis:
     seed_leads: list[dict[str, Any]] = field(default_factory=list)
     order_tests: list[dict[str, Any]] = field(default_factory=list)
     domains: list[dict[str, Any]] = field(default_factory=list)
+    disagreements: list[Disagreement] = field(default_factory=list)
+    order_by_judge: list[dict[str, Any]] = field(default_factory=list)
 
     def curve(self, run_id: str, judge: str, trait: str) -> TraitCurve | None:
         return next((c for c in self.curves if (c.run_id, c.judge, c.trait) == (run_id, judge, trait)), None)
@@ -105,6 +107,9 @@ def analyze(store: Store, spec: StudySpec, settings_hash: str, *, rows: Sequence
     """Compute every curve, onset, lead and agreement figure from the store."""
     a = spec.analysis
     rows = list(store.scores(settings_hash=settings_hash)) if rows is None else list(rows)
+    if a.combine_judges:
+        llm = [j.name for j in spec.judges if j.kind != "check"]
+        rows += combine_judges(rows, llm, a.combine_judges)
     samples: dict[tuple[str, str, str], TraitSamples] = arrange(rows)
     units = {u for ts in samples.values() for u in ts.units}
     n_samples = max((ts.X.shape[2] for ts in samples.values()), default=1)
@@ -160,7 +165,31 @@ def analyze(store: Store, spec: StudySpec, settings_hash: str, *, rows: Sequence
         seed_leads=seed_leads,
         order_tests=order_tests(leads, runs),
         domains=domain_table(curves, runs),
+        disagreements=disagreements([r for r in rows if not r.judge.startswith("combined-")]),
+        order_by_judge=order_by_judge(leads),
     )
+
+
+def order_by_judge(leads: Sequence[LeadResult]) -> list[dict[str, Any]]:
+    """Per run and trait pair: the consensus lead under each judge, and whether the order holds
+    under every judge that found both onsets."""
+    groups: dict[tuple[str, str, str], dict[str, int | None]] = {}
+    for l in leads:
+        if l.detector == "consensus":
+            groups.setdefault((l.run_id, l.leader, l.follower), {})[l.judge] = l.lead_steps
+    out = []
+    for (run, a, b), per in sorted(groups.items()):
+        defined = [v for v in per.values() if v is not None]
+        if not defined:
+            verdict = "no judge found both onsets"
+        elif all(v > 0 for v in defined):
+            verdict = "leader first under every judge" + ("" if len(defined) == len(per) else " that found both onsets")
+        elif all(v < 0 for v in defined):
+            verdict = "follower first under every judge"
+        else:
+            verdict = "judges disagree on the order"
+        out.append({"run_id": run, "leader": a, "follower": b, "leads": per, "verdict": verdict})
+    return out
 
 
 def _write(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -211,4 +240,6 @@ def write_csvs(analysis: StudyAnalysis, folder: Path) -> list[Path]:
         _write(folder / "seed_leads.csv", analysis.seed_leads),
         _write(folder / "order_tests.csv", analysis.order_tests),
         _write(folder / "domains.csv", analysis.domains),
+        _write(folder / "disagreements.csv", [asdict(d) for d in analysis.disagreements]),
+        _write(folder / "order_by_judge.csv", analysis.order_by_judge),
     ]

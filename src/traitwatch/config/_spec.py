@@ -254,6 +254,16 @@ class AnalysisSpec(_Strict):
         return value
 
 
+class CalibrationSpec(_Strict):
+    """The judge calibration gate (traitwatch calibrate; checked before full judging)."""
+
+    set: str = Field(default="builtin:default", description="builtin:default or a calibration JSONL file.")
+    min_accuracy: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.0, description="Judging stops before it starts when an LLM judge's accuracy on any trait is below this (0: no gate)."
+    )
+    cut: Annotated[float, Field(ge=0, le=100)] = Field(default=50.0, description="Scores at or above count as high, below as low.")
+
+
 class BudgetSpec(_Strict):
     """Spending cap for paid judges over the whole study (USD, from the judges' prices)."""
 
@@ -282,6 +292,7 @@ class StudySpec(_Strict):
     )
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec, description="Onset detection and lead times.")
     budget: BudgetSpec = Field(default_factory=BudgetSpec, description="Spending cap for paid judges.")
+    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec, description="Judge calibration gate.")
 
     @field_validator("traits", mode="before")
     @classmethod

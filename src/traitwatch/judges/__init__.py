@@ -6,6 +6,7 @@ exact distribution over 0..100) and :func:`checker` (reference checkers).
 """
 
 from ._budget import Budget
+from ._calibrate import CalibrationItem, CalibrationResult, calibration_requests, load_calibration, score_calibration
 from ._check import checker, claimed_number
 from ._local import NumberTrie, local_judge, number_distributions
 from ._numbers import (
@@ -21,6 +22,11 @@ from ._protocol import Judge, JudgeRequest, Judgment, OnResult
 
 __all__ = [
     "Budget",
+    "CalibrationItem",
+    "CalibrationResult",
+    "calibration_requests",
+    "load_calibration",
+    "score_calibration",
     "Judge",
     "JudgeRequest",
     "Judgment",

@@ -18,7 +18,19 @@ from typing import Any
 from traitwatch.config import ModelSpec, StudySpec, dump_study
 from traitwatch.errors import BudgetExceeded, JudgeError, StoreError
 from traitwatch.generate import Answer, GenerationRequest, hf_generator
-from traitwatch.judges import Budget, Judge, JudgeRequest, Judgment, checker, local_judge, openai_judge
+from traitwatch.judges import (
+    Budget,
+    CalibrationResult,
+    Judge,
+    JudgeRequest,
+    Judgment,
+    calibration_requests,
+    checker,
+    load_calibration,
+    local_judge,
+    openai_judge,
+    score_calibration,
+)
 from traitwatch.models import LoadedModel, describe, load_model
 from traitwatch.progress import console, stage_progress
 from traitwatch.store import GenerationRow, JudgmentRow, Store, content_key
@@ -329,18 +341,67 @@ class StudyRunner:
                 if not judge.can_score(tdef) or (jspec.traits is not None and trait not in jspec.traits):
                     continue
                 req = JudgeRequest(trait, tdef, g.question, g.answer, {"expected": q.expected if q else None, "probes": g.probes})
-                key = content_key(judge.identity, trait, judge.scoring_hash(tdef), judge.prompt_hash(req))
+                key = judgment_key(judge, req)
                 if linked.get((g.gen_key, trait)) == key:
                     done += 1
                     continue
                 work.append((g.gen_key, trait, key, req))
         return work, done
 
+    def calibrate(
+        self, store: Store, *, only: str | None = None, set_ref: str | None = None, budget: Budget | None = None
+    ) -> list[CalibrationResult]:
+        """Score the calibration set with every LLM judge (stored judgments are reused)."""
+        items = load_calibration(set_ref or self.spec.calibration.set)
+        traits = self.suites.traits()
+        budget = budget or Budget(self.spec.budget.max_usd, sum(v["cost_usd"] for v in store.spend().values()))
+        out: list[CalibrationResult] = []
+        for jspec in self.spec.judges:
+            if jspec.kind == "check" or (only is not None and jspec.name != only):
+                continue
+            judge = self.make_judge(jspec.name, budget)
+            pairs = calibration_requests(items, traits, judge)
+            keys = [judgment_key(judge, req) for _, req in pairs]
+            stored = {j.judgment_key: j for j in store.judgments(keys)}
+            todo = [i for i, k in enumerate(keys) if k not in stored]
+            results: list[Judgment | None] = [None] * len(pairs)
+            for i, k in enumerate(keys):
+                if k in stored:
+                    j = stored[k]
+                    results[i] = Judgment(j.score, j.reason, j.method, j.raw)
+
+            def on_result(k: int, res: Judgment) -> None:
+                i = todo[k]
+                results[i] = res
+                if not res.failed:
+                    store.add_judgments([_judgment_row(judge, keys[i], pairs[i][1], res)], [])
+
+            if todo:
+                with stage_progress(f"calibrate {jspec.name}", len(todo)):
+                    judge.judge([pairs[i][1] for i in todo], on_result=on_result)
+            out.extend(score_calibration(jspec.name, pairs, results, self.spec.calibration.cut))
+        return out
+
+    def gate(self, results: Sequence[CalibrationResult]) -> None:
+        """Raise JudgeError when a judge is below calibration.min_accuracy on any trait."""
+        need = self.spec.calibration.min_accuracy
+        for r in results:
+            if need > 0 and r.accuracy < need:
+                shown = ", ".join(f"{i} (expected {w}, got {'none' if s is None else f'{s:.0f}'})" for i, w, s in r.failures[:4])
+                raise JudgeError(
+                    f"judge '{r.judge}' is {r.accuracy:.0%} accurate on the calibration set for trait {r.trait} "
+                    f"(minimum {need:.0%}; {r.n - r.correct} of {r.n} wrong: {shown})",
+                    where=f"judge {r.judge}",
+                    fix="use a stronger judge or a clearer rubric, or lower calibration.min_accuracy",
+                )
+
     def judge(self, store: Store, *, dry_run: bool = False, only: str | None = None) -> StageResult:
         t0 = time.time()
         spent = sum(v["cost_usd"] for v in store.spend().values())
         budget = Budget(self.spec.budget.max_usd, spent)
         counts: dict[str, Any] = {}
+        if self.spec.calibration.min_accuracy > 0 and not dry_run:
+            self.gate(self.calibrate(store, only=only, budget=budget))
         for jspec in self.spec.judges:
             if only is not None and jspec.name != only:
                 continue
@@ -454,6 +515,11 @@ class StudyRunner:
                 if on_stage:
                     on_stage(res)
         return results, report
+
+
+def judgment_key(judge: Judge, req: JudgeRequest) -> str:
+    """The store key of a judgment: judge identity, trait, rubric or checker, exact input."""
+    return content_key(judge.identity, req.trait, judge.scoring_hash(req.definition), judge.prompt_hash(req))
 
 
 def _judgment_row(judge: Judge, key: str, req: JudgeRequest, res: Judgment) -> JudgmentRow:

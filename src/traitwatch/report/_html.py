@@ -102,6 +102,15 @@ def _examples(store: Store, analysis: StudyAnalysis, per_checkpoint: int = 3) ->
     return out
 
 
+def _disagreement_rows(store: Store, analysis: StudyAnalysis, per_pair: int = 5) -> list[dict[str, Any]]:
+    texts = {(g.run_id, g.step, g.suite, g.question_id, g.sample): (g.question, g.answer) for g in store.generations(settings_hash=analysis.settings_hash)}
+    out = []
+    for d in analysis.disagreements:
+        q, a = texts.get((d.run_id, d.step, d.suite, d.question_id, d.sample), ("", ""))
+        out.append(asdict(d) | {"question": q, "answer": a})
+    return out
+
+
 def write_report(
     folder: Path,
     spec: StudySpec,
@@ -175,6 +184,9 @@ def write_report(
         figures_json=safe_json(figures),
         pngs=pngs,
         agreement=analysis.agreement,
+        disagreements=_disagreement_rows(store, analysis),
+        order_by_judge=analysis.order_by_judge,
+        judge_count=len(judge_names),
         examples=_examples(store, analysis),
         runs=runs,
         timings=[{"name": t.name, "seconds": t.seconds, "counts_text": ", ".join(f"{k}: {v}" for k, v in t.counts.items() if k != "files")} for t in timings],
