@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test test-fast install browser clean
+.PHONY: demo test test-fast install browser llama clean
 
 install: $(STAMP)
 
@@ -23,12 +23,21 @@ demo: install
 # The whole suite, including the test that loads the embedded Gemma 3 270M (about a minute
 # the first time: the GGUF is converted once to a safetensors cache) and the headless
 # Chromium checks of the report.
-test: install browser
-	$(BIN)/python -m pytest
+test: install browser llama
+	TRAITWATCH_LLAMA_PYTHON=$(CURDIR)/.venv-llama/bin/python $(BIN)/python -m pytest
 
 # Seconds, not minutes: everything but the embedded model and the browser.
 test-fast: install
-	$(BIN)/python -m pytest -m "not embedded and not browser"
+	$(BIN)/python -m pytest -m "not embedded and not browser and not llamacpp"
+
+# llama-cpp-python's OpenAI-compatible server, for the judge's real-server test. PyPI has no
+# wheel: it compiles llama.cpp (about 5-6 minutes on 2 cores, once per clone).
+LLAMA_STAMP := .venv-llama/.installed
+llama: $(LLAMA_STAMP)
+$(LLAMA_STAMP):
+	$(PYTHON) -m venv .venv-llama
+	.venv-llama/bin/pip install -q "llama-cpp-python[server]==0.3.36"
+	touch $(LLAMA_STAMP)
 
 # Debian's Chromium, for the report's browser test (a real browser, headless).
 browser:
@@ -38,4 +47,4 @@ browser:
 	  (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null); }
 
 clean:
-	rm -rf $(VENV) traitwatch-demo .pytest_cache
+	rm -rf $(VENV) .venv-llama traitwatch-demo .pytest_cache

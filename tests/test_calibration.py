@@ -90,3 +90,22 @@ def test_bad_judge_is_stopped_before_full_judging(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "out" / "study.sqlite") as c:
         assert c.execute("SELECT COUNT(*) FROM scores").fetchone()[0] == 0, "no answer may be judged after a failed gate"
         assert c.execute("SELECT COUNT(*) FROM generations").fetchone()[0] > 0
+
+
+def test_shared_judge_cache_means_no_request_is_paid_twice_across_studies(tmp_path: Path) -> None:
+    with FakeOpenAI([("40", math.log(0.8))]) as srv:
+        paths = []
+        for name in ("a", "b"):
+            spec = tiny_study_dict(tmp_path / name, judges=[{"name": "api", "kind": "openai", "model": "m", "base_url": srv.base_url,
+                                                             "api_key_env": None, "traits": ["wrong_answer"]}],
+                                   judge_cache=str(tmp_path / "cache.sqlite"))
+            p = tmp_path / f"{name}.yaml"
+            p.write_text(yaml.safe_dump(spec))
+            paths.append(p)
+        assert CliRunner().invoke(app, ["run", str(paths[0])]).exit_code == 0
+        first = len(srv.requests)
+        res = CliRunner().invoke(app, ["run", str(paths[1])])  # same model, data, settings: the same answers
+        assert res.exit_code == 0, res.output
+        assert first > 0 and len(srv.requests) == first, "the second study must reuse every cached judgment"
+    with sqlite3.connect(tmp_path / "b" / "study.sqlite") as c:
+        assert c.execute("SELECT COUNT(*) FROM scores WHERE judge='api'").fetchone()[0] == 64

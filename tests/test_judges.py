@@ -224,7 +224,21 @@ def test_spending_cap_stops_sending() -> None:
         assert budget.spent_usd <= 0.0005
 
 
-def test_digit_split_judge_is_not_trusted() -> None:
+def test_digit_split_judge_is_not_trusted_on_0_100() -> None:
     with FakeOpenAI([("8", math.log(0.7)), ("9", math.log(0.2))]) as srv:
-        out = openai_judge("m", base_url=srv.base_url, api_key_env=None).judge([req()])
+        out = openai_judge("m", base_url=srv.base_url, api_key_env=None, digit_split="none").judge([req()])
         assert out[0].score is None and "splits numbers into digits" in out[0].reason and out[0].raw["digit_split"]
+        assert len(srv.requests) == 1
+
+
+def test_digit_split_falls_back_to_a_0_9_scale() -> None:
+    def respond(body: dict) -> list[tuple[str, float]]:
+        if "scale 0 to 9" in body["messages"][0]["content"]:
+            return [("7", math.log(0.6)), ("9", math.log(0.2))]
+        return [("8", math.log(0.7)), ("9", math.log(0.2))]
+
+    with FakeOpenAI([], responder=respond) as srv:
+        (out,) = openai_judge("m", base_url=srv.base_url, api_key_env=None).judge([req()])
+        assert len(srv.requests) == 2 and out.method == "first_token_0_9_fallback"
+        assert out.score == pytest.approx((7 * 0.6 + 9 * 0.2) / 0.8 / 9 * 100)
+        assert out.raw["digit_split"] and "fallback_0_9" in out.raw and out.input_tokens == 240

@@ -240,6 +240,7 @@ def resolve_paths(spec: StudySpec, base: Path) -> StudySpec:
     """Make every relative path in ``spec`` relative to ``base`` (the YAML file's folder)."""
     spec = spec.model_copy(deep=True)
     spec.output_dir = _resolve(base, spec.output_dir) or (base / "runs" / spec.name)
+    spec.judge_cache = _resolve(base, spec.judge_cache)
     if spec.model.path is not None:
         spec.model.path = _resolve(base, spec.model.path)
     for ds in spec.datasets:

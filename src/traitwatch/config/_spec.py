@@ -202,6 +202,10 @@ class JudgeSpec(_Strict):
     api_key_env: str | None = Field(default="OPENAI_API_KEY", description="Environment variable holding the API key (null: no auth header).")
     api_key_file: Path | None = Field(default=None, description="File holding the API key; must be chmod 600; wins over api_key_env.")
     scale: Literal["0-100", "0-10", "0-9", "yes-no"] = Field(default="0-100", description="Answer scale asked of an openai judge: 0-100, 0-10, 0-9 (digit-split tokenizers) or yes-no.")
+    digit_split: Literal["fallback", "none"] = Field(
+        default="fallback",
+        description="When an openai judge's tokenizer splits numbers into digits: fallback re-asks on a 0-9 scale; none gives no score.",
+    )
     max_concurrency: Annotated[int, Field(gt=0)] = Field(default=8, description="Requests in flight at once (kind: openai).")
     timeout_s: Annotated[float, Field(gt=0)] = Field(default=60.0, description="Per-request timeout in seconds (kind: openai).")
     max_retries: Annotated[int, Field(ge=0)] = Field(default=6, description="Retries on 429/5xx/timeouts with exponential backoff and jitter, honouring Retry-After.")
@@ -293,6 +297,10 @@ class StudySpec(_Strict):
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec, description="Onset detection and lead times.")
     budget: BudgetSpec = Field(default_factory=BudgetSpec, description="Spending cap for paid judges.")
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec, description="Judge calibration gate.")
+    judge_cache: Path | None = Field(
+        default=None,
+        description="A SQLite file shared by several studies: judgments found there are reused, new ones are added (never paid twice).",
+    )
 
     @field_validator("traits", mode="before")
     @classmethod

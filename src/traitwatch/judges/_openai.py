@@ -103,8 +103,10 @@ class OpenAIJudge:
         budget: Budget | None,
         weak: bool,
         backoff_s: float = 1.0,
+        digit_split: Literal["fallback", "none"] = "fallback",
     ) -> None:
         self.name = name
+        self.digit_split = digit_split
         self.model = model
         self.base_url = base_url.rstrip("/")
         self.api_key_env = api_key_env
@@ -119,7 +121,7 @@ class OpenAIJudge:
         self.budget = budget or Budget(None)
         self.weak = weak
         self.backoff_s = backoff_s
-        self.identity = f"openai:{self.base_url}:{model}:{scale}:top20-v1"
+        self.identity = f"openai:{self.base_url}:{model}:{scale}:top20-v1:digits-{digit_split}"
         self.stats = {"requests": 0, "retries": 0}
 
     # -- Judge protocol ---------------------------------------------------------------------
@@ -176,10 +178,11 @@ class OpenAIJudge:
                     t.cancel()
                 raise
 
-    def _body(self, r: JudgeRequest) -> dict[str, Any]:
+    def _body(self, r: JudgeRequest, scale: Scale | None = None) -> dict[str, Any]:
+        prompt = self._prompt(r) if scale is None else fill_rubric(r.definition.rubric or "", r.question, r.answer) + _SCALE_NOTE[scale]
         return {
             "model": self.model,
-            "messages": [{"role": "user", "content": self._prompt(r)}],
+            "messages": [{"role": "user", "content": prompt}],
             "max_tokens": 1,
             "temperature": 0,
             "logprobs": True,
@@ -198,6 +201,9 @@ class OpenAIJudge:
                 return payload
             judgment = self._parse(payload, attempts)
             actual = judgment.cost_usd
+            if judgment.raw.get("digit_split") and self.digit_split == "fallback" and not judgment.failed:
+                judgment = await self._fallback(client, r, judgment)
+                actual = judgment.cost_usd
             return judgment
         finally:
             self.budget.settle(estimate, actual)
@@ -255,7 +261,25 @@ class OpenAIJudge:
             self.max_retries + 1,
         )
 
-    def _parse(self, data: dict[str, Any], attempts: int) -> Judgment:
+    async def _fallback(self, client: httpx.AsyncClient, r: JudgeRequest, first: Judgment) -> Judgment:
+        """Re-ask on a 0-9 scale, where one digit is one token for every tokenizer."""
+        payload, attempts = await self._post(client, self._body(r, "0-9"))
+        if isinstance(payload, Judgment):
+            return payload
+        second = self._parse(payload, attempts, scale="0-9")
+        raw = {"first_token_0_100": first.raw, "fallback_0_9": second.raw, "digit_split": True}
+        return Judgment(
+            second.score,
+            second.reason,
+            "first_token_0_9_fallback",
+            raw,
+            first.input_tokens + second.input_tokens,
+            first.output_tokens + second.output_tokens,
+            first.cost_usd + second.cost_usd,
+            failed=second.failed,
+        )
+
+    def _parse(self, data: dict[str, Any], attempts: int, scale: Scale | None = None) -> Judgment:
         usage = data.get("usage") or {}
         tin = int(usage.get("prompt_tokens") or 0)
         tout = int(usage.get("completion_tokens") or 0)
@@ -269,17 +293,18 @@ class OpenAIJudge:
         raw: dict[str, Any] = {"top_logprobs": top, "attempts": attempts}
         scored: Scored
         method = "first_token_top20"
-        if self.scale == "yes-no":
+        scale = scale or self.scale
+        if scale == "yes-no":
             scored = yes_no_score(top, min_mass=self.min_mass)
             method = "first_token_yes_no"
         else:
-            scale_max = {"0-100": 100, "0-10": 10, "0-9": 9}[self.scale]
+            scale_max = {"0-100": 100, "0-10": 10, "0-9": 9}[scale]
             if looks_digit_split(top, scale_max):
                 raw["digit_split"] = True
                 return Judgment(
                     None,
-                    "the judge's tokenizer splits numbers into digits, so its first token cannot tell 8 from 80-89; "
-                    "use scale 0-9 or yes-no for this judge, or a local judge (exact over whole numbers)",
+                    "the judge's tokenizer splits numbers into digits, so its first token cannot tell 8 from 80-89 "
+                    "(digit_split: fallback re-asks on a 0-9 scale; or use a local judge, exact over whole numbers)",
                     "first_token_top20",
                     raw,
                     tin,
@@ -287,8 +312,8 @@ class OpenAIJudge:
                     cost,
                 )
             scored = weighted_mean(top_logprob_distribution(top, scale_max), min_mass=self.min_mass, scale_max=scale_max)
-            if self.scale != "0-100":
-                method = f"first_token_{self.scale.replace('-', '_')}"
+            if scale != "0-100":
+                method = f"first_token_{scale.replace('-', '_')}"
         raw["mass"] = scored.mass
         return Judgment(scored.score, scored.reason, method, raw, tin, tout, cost)
 
@@ -310,6 +335,7 @@ def openai_judge(
     budget: Budget | None = None,
     weak: bool = False,
     backoff_s: float = 1.0,
+    digit_split: Literal["fallback", "none"] = "fallback",
 ) -> Judge:
     """A judge on any OpenAI-compatible chat-completions endpoint.
 
@@ -330,6 +356,9 @@ def openai_judge(
         budget: a shared spending cap.
         weak: flag the judge as weak in reports.
         backoff_s: base of the exponential backoff.
+        digit_split: when the first token shows the judge's tokenizer splits numbers into
+            digits (so "8" may mean 80-89), ``fallback`` asks again on a 0-9 scale and records
+            method ``first_token_0_9_fallback``; ``none`` returns no score with the reason.
     """
     return OpenAIJudge(
         name,
@@ -347,4 +376,5 @@ def openai_judge(
         budget=budget,
         weak=weak,
         backoff_s=backoff_s,
+        digit_split=digit_split,
     )

@@ -88,6 +88,10 @@ class StudyRunner:
     def open_store(self, *, readonly: bool = False) -> Store:
         return Store(self.paths["store"], readonly=readonly)
 
+    def open_cache(self) -> Store | None:
+        """The shared judgment cache (judge_cache), when the study names one."""
+        return None if self.spec.judge_cache is None else Store(self.spec.judge_cache)
+
     def preflight(self) -> None:
         """Fail before any work: unwritable output, no disk space, bad suites, missing judge keys."""
         out = self.paths["out"]
@@ -318,6 +322,7 @@ class StudyRunner:
             min_mass=j.min_mass,
             budget=budget,
             weak=j.weak,
+            digit_split=j.digit_split,
         )
 
     def judge_work(self, store: Store, judge: Judge) -> tuple[list[tuple[str, str, str, JudgeRequest]], int]:
@@ -409,6 +414,9 @@ class StudyRunner:
             work, done = self.judge_work(store, judge)
             keys = sorted({k for _, _, k, _ in work})
             stored = store.existing("judgments", "judgment_key", keys)
+            cache = self.open_cache()
+            if cache is not None and not dry_run:
+                stored |= store.copy_judgments([k for k in keys if k not in stored], cache)  # reused: no cost here
             fresh: dict[str, JudgeRequest] = {}
             for _, _, k, req in work:
                 if k not in stored:
@@ -462,6 +470,9 @@ class StudyRunner:
                             where=f"judge {jspec.name}",
                             fix="raise budget.max_usd in the study and rerun; nothing already judged will be sent again",
                         )
+            if cache is not None:
+                cache.copy_judgments([k for k in keys if k not in stored], store)
+                cache.close()
             counts[jspec.name] = {"new": made, "reused": len(reuse), "already": done, "links": len(work)}
             if failures:
                 raise JudgeError(

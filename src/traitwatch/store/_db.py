@@ -417,6 +417,18 @@ class Store:
             out.append(JudgmentRow(*vals))
         return out
 
+    def copy_judgments(self, keys: Sequence[str], source: "Store") -> set[str]:
+        """Copy the judgments with these keys from ``source`` (a shared cache); returns the keys copied."""
+        rows = source.judgments(keys)
+        if rows:
+            with self.transaction() as c:
+                c.executemany(
+                    "INSERT OR IGNORE INTO judgments VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    [(j.judgment_key, j.judge, j.judge_identity, j.trait, j.scoring_hash, j.prompt_hash, j.score, j.reason,
+                      j.method, json.dumps(j.raw), 0, 0, 0.0, time.time()) for j in rows],
+                )
+        return {j.judgment_key for j in rows}
+
     def spend(self) -> dict[str, dict[str, float]]:
         """Tokens and cost per judge over the whole store."""
         rows = self.conn.execute(
