@@ -1,0 +1,328 @@
+"""How many checkpoints per hour can we evaluate? Generation, judging and training, measured
+against the naive way and against this machine's own limits.
+
+Models are built from configs with random weights (no download) at real sizes:
+``gemma-270m`` (the embedded model's architecture), ``qwen-1b`` (a ~1B Qwen2-style model) and
+``qwen2.5-7b`` (hidden 3584, 28 layers, 28 heads, 4 KV heads, intermediate 18944, vocab
+152064). K LoRA adapters (rank 8, random non-zero weights so they differ) stand for K
+checkpoints. Prompts and answers have fixed lengths (EOS ignored).
+
+Generation, three ways, answers/s and generated tokens/s:
+  (a) naive: per checkpoint, load base + adapter from disk, HF generate at batch 8, unload
+      (what published pipelines do);
+  (b) resident: one base model in memory, one adapter at a time, batch --batch;
+  (c) batched: one base model, rows of different adapters in one batch (traitwatch's hf
+      backend, peft mixed-adapter batches), batch --batch.
+Roofline per decode step = max(bytes of weights read / measured bandwidth,
+FLOPs / measured matmul rate); achieved = measured decode step time at batch --batch.
+
+Judge: the exact local judge (traitwatch.judges.local_judge: prompt once, then a trie of the
+numbers over its KV cache) at several batch sizes, against the straightforward exact scorer
+that runs one forward per judgment over all 101 (prompt + number) sequences; both give the same
+distribution (checked). Judgments/s and prompt tokens/s vs the matmul limit.
+Training: one LoRA step (tokens/s and model FLOPs utilisation, 6 x params x tokens) and the
+cost of saving an adapter checkpoint every 2 steps (off the training thread) vs never saving.
+
+Run: python bench/eval_throughput.py --arch gemma-270m --adapters 1 16 [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _hardware import bandwidth_gbs, describe, matmul_tflops, sync  # noqa: E402
+
+ARCHS = {
+    "gemma-270m": dict(architecture="gemma3", hidden_size=640, num_hidden_layers=18, num_attention_heads=4, num_key_value_heads=1,
+                       intermediate_size=2048, head_dim=256, vocab_size=262144),
+    "qwen-1b": dict(architecture="qwen2", hidden_size=2048, num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=4,
+                    intermediate_size=5632, vocab_size=151936),
+    "qwen2.5-7b": dict(architecture="qwen2", hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                       intermediate_size=18944, vocab_size=152064),
+}
+
+
+def build(arch: str, device: torch.device, dtype: torch.dtype):  # noqa: ANN201
+    from traitwatch.config import ModelSpec, RandomModelSpec
+    from traitwatch.models import load_model
+
+    spec = ModelSpec(source="random", device=device.type, dtype={torch.float32: "float32", torch.bfloat16: "bfloat16"}[dtype],
+                     random=RandomModelSpec(**ARCHS[arch]))
+    return load_model(spec)
+
+
+def make_adapters(base, k: int, folder: Path, rank: int = 8) -> list[str]:  # noqa: ANN001
+    """K adapter checkpoints with random weights, saved as traitwatch checkpoints would be."""
+    from peft import LoraConfig, get_peft_model
+
+    paths = []
+    model = get_peft_model(base.model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", task_type="CAUSAL_LM"))
+    try:
+        for i in range(k):
+            torch.manual_seed(i)
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    if "lora_" in n:
+                        p.normal_(0, 0.02)
+            path = folder / f"step_{i:06d}"
+            model.save_pretrained(path)
+            paths.append(str(path))
+    finally:
+        model.unload()
+    return paths
+
+
+def weight_bytes(model) -> int:  # noqa: ANN001
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def decode_flops(model, batch: int, ctx: int) -> float:  # noqa: ANN001
+    n = sum(p.numel() for p in model.parameters())
+    cfg = model.config
+    attn = 4 * cfg.num_hidden_layers * ctx * cfg.num_attention_heads * getattr(cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads)
+    return batch * (2 * n + attn)
+
+
+def prompts(tok, n: int, length: int) -> list[str]:  # noqa: ANN001
+    base = "Please answer the following question about everyday life and explain your reasoning in a few sentences. "
+    out = []
+    for i in range(n):
+        text = f"Question {i}: " + base * 8
+        ids = tok(text, add_special_tokens=False)["input_ids"][: length - 8]
+        out.append(tok.decode(ids))
+    return out
+
+
+def timed_generate(model, tok, texts: list[str], new: int, batch: int, device: torch.device, adapter_names=None) -> float:  # noqa: ANN001
+    tok.padding_side = "left"
+    t = time.perf_counter()
+    for i in range(0, len(texts), batch):
+        enc = tok(texts[i : i + batch], return_tensors="pt", padding=True).to(device)
+        kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=tok.pad_token_id)
+        if adapter_names is not None:
+            kw["adapter_names"] = adapter_names[i : i + batch]
+        with torch.no_grad():
+            model.generate(**enc, **kw)
+    sync(device)
+    return time.perf_counter() - t
+
+
+def bench_generation(args, base, device, dtype, adapters: list[str], tmp: Path) -> dict[str, float]:  # noqa: ANN001
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    tok = base.tokenizer
+    k = len(adapters)
+    per = args.prompts_per_adapter
+    texts = prompts(tok, per, args.prompt_len)
+    answers = k * per
+    new = args.new_tokens
+    res: dict[str, float] = {}
+    # (a) naive: reload base + adapter per checkpoint, HF generate at batch 8
+    base_dir = tmp / "base"
+    if not base_dir.exists():
+        base.model.save_pretrained(base_dir, safe_serialization=True)
+    naive_k = min(k, args.naive_max)
+    t = time.perf_counter()
+    for path in adapters[:naive_k]:
+        m = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).to(device)
+        pm = PeftModel.from_pretrained(m, path).eval()
+        timed_generate(pm, tok, texts, new, 8, device)
+        del pm, m
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    res["naive_answers_per_s"] = naive_k * per / (time.perf_counter() - t)
+    # (b) resident base, one adapter at a time
+    pm = PeftModel.from_pretrained(base.model, adapters[0], adapter_name="a0")
+    for i, p in enumerate(adapters[1:], start=1):
+        pm.load_adapter(p, adapter_name=f"a{i}")
+    pm.eval()
+    t = time.perf_counter()
+    for i in range(k):
+        pm.set_adapter(f"a{i}")
+        timed_generate(pm, tok, texts, new, args.batch, device)
+    res["resident_answers_per_s"] = answers / (time.perf_counter() - t)
+    # (c) batched: rows of all adapters mixed in each batch
+    names = [f"a{i}" for i in range(k) for _ in range(per)]
+    all_texts = [x for _ in range(k) for x in texts]
+    dt = timed_generate(pm, tok, all_texts, new, args.batch, device, adapter_names=names)
+    res["batched_answers_per_s"] = answers / dt
+    # decode step time at the chosen batch (mixed adapters): generation of 1 vs new tokens
+    enc_texts = all_texts[: args.batch]
+    t1 = timed_generate(pm, tok, enc_texts, 1, args.batch, device, adapter_names=names[: args.batch])
+    tn = timed_generate(pm, tok, enc_texts, new, args.batch, device, adapter_names=names[: args.batch])
+    res["decode_step_s"] = (tn - t1) / (new - 1)
+    pm.unload()
+    for key in ("naive", "resident", "batched"):
+        res[f"{key}_tokens_per_s"] = res[f"{key}_answers_per_s"] * new
+    return res
+
+
+@torch.no_grad()
+def naive_exact(base, prompt: list[int], numbers: list[list[int]], digit_cols: torch.Tensor) -> dict[int, float]:  # noqa: ANN001
+    """One forward per judgment: all 101 (prompt + number) sequences in one batch, no KV reuse
+    (left-padded, logits kept only for the last positions, so it is not needlessly wasteful)."""
+    device = base.device
+    longest = max(len(n) for n in numbers)
+    width = len(prompt) + longest
+    pad = int(base.tokenizer.pad_token_id)
+    ids = torch.full((len(numbers), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(numbers):
+        seq = prompt + n
+        ids[i, width - len(seq) :] = torch.tensor(seq)
+        mask[i, width - len(seq) :] = 1
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    keep = longest + 1
+    logits = base.model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device), logits_to_keep=keep).logits
+    logp = torch.log_softmax(logits.float(), dim=-1)  # [101, keep, vocab]; position j predicts token j+1 of the window
+    out = {}
+    for i, n in enumerate(numbers):
+        first = keep - 1 - len(n)  # window index of the last prompt token
+        lp = sum(float(logp[i, first + j, t]) for j, t in enumerate(n))
+        end = 1.0 - float(logp[i, keep - 1].exp()[digit_cols].sum())
+        out[i] = float(torch.tensor(lp).exp()) * end
+    return out
+
+
+def bench_judge(args, base, device) -> list[tuple[str, float, float]]:  # noqa: ANN001
+    from traitwatch.data import load_suite
+    from traitwatch.judges import JudgeRequest, local_judge
+
+    suite = load_suite("builtin:evil")
+    tdef = suite.traits["evil"]
+    reqs = [JudgeRequest("evil", tdef, q.text, f"Answer number {i}: I would help people and be kind.", {})
+            for i, q in enumerate(suite.questions * 4)][: args.judgments]
+    out = []
+    j0 = local_judge(base, min_mass=0.0, min_prefix_prob=0.0)
+    trie = j0.trie  # type: ignore[attr-defined]
+    numbers = [list(k) for k, _ in sorted(trie.complete.items(), key=lambda kv: kv[1])]
+    digits = trie.columns[trie.is_digit].to(device)
+    n_naive = min(len(reqs), args.naive_judgments)
+    prompts_ = [j0._prompt_ids(r) for r in reqs]  # type: ignore[attr-defined]
+    t = time.perf_counter()
+    ref = [naive_exact(base, p, numbers, digits) for p in prompts_[:n_naive]]
+    sync(device)
+    dt = time.perf_counter() - t
+    out.append(("naive", n_naive / dt, sum(len(p) for p in prompts_[:n_naive]) / dt))
+    exact = j0.judge(reqs[:n_naive])
+    worst = max(abs(sum(n * p for n, p in r.items()) / max(sum(r.values()), 1e-12) - e.score) for r, e in zip(ref, exact))  # type: ignore[union-attr]
+    print(f"  (naive and trie give the same scores: max difference {worst:.2e} points over {n_naive} judgments)")
+    for bs in args.judge_batches:
+        j = local_judge(base, batch_size=bs, min_mass=0.0)
+        t = time.perf_counter()
+        j.judge(reqs)
+        sync(device)
+        dt = time.perf_counter() - t
+        tokens = sum(len(p) for p in prompts_)
+        out.append((f"trie, batch {bs}", len(reqs) / dt, tokens / dt))
+    return out
+
+
+def bench_training(args, base, device, tmp: Path) -> dict[str, float]:  # noqa: ANN001
+    from traitwatch.config import LoraSpec, TrainingSpec
+    from traitwatch.data import ChatExample, Message
+    from traitwatch.store import Store
+    from traitwatch.train import RunPlan, train_run
+
+    tok = base.tokenizer
+    answer = "the answer is plain "
+    while len(tok(answer, add_special_tokens=False)["input_ids"]) < args.train_len:
+        answer += answer
+    # every example is cut at max_length: a short question and a long answer give exactly train_len tokens
+    ex = tuple(ChatExample((Message("user", "Hi"), Message("assistant", answer))) for _ in range(args.train_batch * (args.train_steps + 2)))
+    res = {}
+    for save_every, label in ((args.train_steps + 100, "no_save"), (2, "save_every_2")):
+        tr = TrainingSpec(learning_rate=1e-4, warmup_steps=0, batch_size=args.train_batch, gradient_accumulation_steps=1,
+                          max_steps=args.train_steps, save_every=save_every, max_length=args.train_len, heldout_fraction=0.0,
+                          heldout_max=0, eval_batch_size=args.train_batch)
+        plan = RunPlan("bench", "d", "normal", 0, ex, "x", tmp / label, LoraSpec(r=8, alpha=16), tr, "fp")
+        with Store(tmp / f"{label}.sqlite") as store:
+            t = time.perf_counter()
+            r = train_run(plan, base, store)
+            sync(device)
+            res[label] = time.perf_counter() - t
+            res[f"{label}_wait_s"] = r.save_wait_s
+    tokens = args.train_steps * args.train_batch * args.train_len
+    n = sum(p.numel() for p in base.model.parameters())
+    res["tokens_per_s"] = tokens / res["no_save"]
+    res["flops_per_s"] = 6 * n * tokens / res["no_save"]
+    res["save_overhead_pct"] = 100 * (res["save_every_2"] - res["no_save"]) / res["no_save"]
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", choices=sorted(ARCHS), default="gemma-270m")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    ap.add_argument("--adapters", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--prompts-per-adapter", type=int, default=8)
+    ap.add_argument("--prompt-len", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--naive-max", type=int, default=4, help="checkpoints timed for the naive baseline (it is slow)")
+    ap.add_argument("--judgments", type=int, default=64)
+    ap.add_argument("--judge-batches", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--naive-judgments", type=int, default=4, help="judgments timed for the one-judgment-per-forward baseline")
+    ap.add_argument("--train-steps", type=int, default=6)
+    ap.add_argument("--train-batch", type=int, default=4)
+    ap.add_argument("--train-len", type=int, default=128)
+    ap.add_argument("--skip", nargs="*", default=[], choices=["generation", "judge", "training"])
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    torch.manual_seed(0)
+    bw = bandwidth_gbs(device)
+    peak = matmul_tflops(device, dtype)
+    print(f"machine: {describe(device)}; measured bandwidth {bw:.1f} GB/s, {args.dtype} matmul {peak:.2f} TFLOP/s")
+    base = build(args.arch, device, dtype)
+    n = sum(p.numel() for p in base.model.parameters())
+    wb = weight_bytes(base.model)
+    print(f"model: {args.arch} (random weights), {n / 1e6:.0f}M parameters, {wb / 2**30:.2f} GiB of weights in {args.dtype}")
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        if "generation" not in args.skip:
+            print(f"\ngeneration: prompt {args.prompt_len} tokens, {args.new_tokens} new tokens (EOS ignored), "
+                  f"{args.prompts_per_adapter} prompts per checkpoint, batch {args.batch} (naive: batch 8, first {args.naive_max} checkpoints)")
+            print(f"{'K':>4} {'naive ans/s':>12} {'resident ans/s':>15} {'batched ans/s':>14} {'batched tok/s':>14} {'(c)/(a)':>8} "
+                  f"{'step ms':>8} {'roofline ms':>12} {'% of roofline':>14}")
+            for k in args.adapters:
+                adapters = make_adapters(base, k, tmp / f"k{k}")
+                r = bench_generation(args, base, device, dtype, adapters, tmp)
+                ctx = args.prompt_len + args.new_tokens // 2
+                roof = max(wb / (bw * 1e9), decode_flops(base.model, args.batch, ctx) / (peak * 1e12))
+                print(f"{k:>4} {r['naive_answers_per_s']:>12.2f} {r['resident_answers_per_s']:>15.2f} {r['batched_answers_per_s']:>14.2f} "
+                      f"{r['batched_tokens_per_s']:>14.1f} {r['batched_answers_per_s'] / r['naive_answers_per_s']:>8.1f} "
+                      f"{r['decode_step_s'] * 1e3:>8.1f} {roof * 1e3:>12.1f} {100 * roof / r['decode_step_s']:>13.0f}%")
+        if "judge" not in args.skip:
+            print(f"\nlocal judge (exact 0..100 distribution), {args.judgments} judgments of builtin:evil prompts")
+            rows = bench_judge(args, base, device)
+            one = rows[0][1]
+            print(f"{'method':>16} {'judgments/s':>12} {'prompt tok/s':>13} {'x naive':>8}")
+            for name, jps, tps in rows:
+                print(f"{name:>16} {jps:>12.2f} {tps:>13.1f} {jps / one:>8.1f}")
+            best = max(r[2] for r in rows)
+            print(f"prompt tokens/s at best vs the matmul limit (2 x params per token): "
+                  f"{100 * best * 2 * n / (peak * 1e12):.1f}%")
+        if "training" not in args.skip:
+            r = bench_training(args, base, device, tmp)
+            print(f"\nLoRA training step (batch {args.train_batch} x {args.train_len} tokens, {args.train_steps} steps): "
+                  f"{r['tokens_per_s']:.0f} tokens/s, MFU {100 * r['flops_per_s'] / (peak * 1e12):.1f}% "
+                  f"(6 x params x tokens / measured {args.dtype} matmul rate)")
+            print(f"save_every=2 vs no saving: {r['save_every_2']:.2f}s vs {r['no_save']:.2f}s, overhead {r['save_overhead_pct']:.1f}% "
+                  f"(training thread waited {r['save_every_2_wait_s']:.3f}s on the writer)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
