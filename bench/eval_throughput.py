@@ -11,10 +11,13 @@ Generation, three ways, answers/s and generated tokens/s:
   (a) naive: per checkpoint, load base + adapter from disk, HF generate at batch 8, unload
       (what published pipelines do);
   (b) resident: one base model in memory, one adapter at a time, batch --batch;
-  (c) batched: one base model, rows of different adapters in one batch (traitwatch's hf
-      backend, peft mixed-adapter batches), batch --batch.
+  (c') peft mixed: one base model, rows of different adapters in one batch through peft's
+      mixed-adapter batches (``adapter_names=[...]``), batch --batch;
+  (c) batched: the same batches through traitwatch's stacked LoRA (the hf backend's default,
+      traitwatch.generate._stacked), batch --batch.
 Roofline per decode step = max(bytes of weights read / measured bandwidth,
-FLOPs / measured matmul rate); achieved = measured decode step time at batch --batch.
+FLOPs / measured matmul rate); achieved = measured decode step time of (c) at batch --batch
+(and of the bare base model at that batch, to show what the adapters cost).
 
 Judge: the exact local judge (traitwatch.judges.local_judge: prompt once, then a trie of the
 numbers over its KV cache) at several batch sizes, against the straightforward exact scorer
@@ -30,12 +33,14 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as traitwatch sets it (see its __init__), before torch allocates
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _hardware import bandwidth_gbs, describe, matmul_tflops, sync  # noqa: E402
@@ -56,7 +61,11 @@ def build(arch: str, device: torch.device, dtype: torch.dtype):  # noqa: ANN201
 
     spec = ModelSpec(source="random", device=device.type, dtype={torch.float32: "float32", torch.bfloat16: "bfloat16"}[dtype],
                      random=RandomModelSpec(**ARCHS[arch]))
-    return load_model(spec)
+    loaded = load_model(spec)
+    # Fixed answer lengths: no end-of-sequence token stops generation (set here rather than with
+    # min_new_tokens, whose logits processor costs a full-vocabulary pass per step).
+    loaded.model.generation_config.eos_token_id = None
+    return loaded
 
 
 def make_adapters(base, k: int, folder: Path, rank: int = 8) -> list[str]:  # noqa: ANN001
@@ -106,7 +115,7 @@ def timed_generate(model, tok, texts: list[str], new: int, batch: int, device: t
     t = time.perf_counter()
     for i in range(0, len(texts), batch):
         enc = tok(texts[i : i + batch], return_tensors="pt", padding=True).to(device)
-        kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=tok.pad_token_id)
+        kw = dict(max_new_tokens=new, do_sample=False, pad_token_id=tok.pad_token_id)
         if adapter_names is not None:
             kw["adapter_names"] = adapter_names[i : i + batch]
         with torch.no_grad():
@@ -151,18 +160,33 @@ def bench_generation(args, base, device, dtype, adapters: list[str], tmp: Path) 
         pm.set_adapter(f"a{i}")
         timed_generate(pm, tok, texts, new, args.batch, device)
     res["resident_answers_per_s"] = answers / (time.perf_counter() - t)
-    # (c) batched: rows of all adapters mixed in each batch
+    # (c') peft mixed-adapter batches: rows of all adapters in each batch
     names = [f"a{i}" for i in range(k) for _ in range(per)]
     all_texts = [x for _ in range(k) for x in texts]
     dt = timed_generate(pm, tok, all_texts, new, args.batch, device, adapter_names=names)
-    res["batched_answers_per_s"] = answers / dt
-    # decode step time at the chosen batch (mixed adapters): generation of 1 vs new tokens
-    enc_texts = all_texts[: args.batch]
-    t1 = timed_generate(pm, tok, enc_texts, 1, args.batch, device, adapter_names=names[: args.batch])
-    tn = timed_generate(pm, tok, enc_texts, new, args.batch, device, adapter_names=names[: args.batch])
-    res["decode_step_s"] = (tn - t1) / (new - 1)
+    res["peft_mixed_answers_per_s"] = answers / dt
     pm.unload()
-    for key in ("naive", "resident", "batched"):
+    # (c) traitwatch's default: stacked LoRA (traitwatch.generate._stacked), same batches
+    from traitwatch.generate._stacked import StackedLora
+
+    slots = [i + 1 for i in range(k) for _ in range(per)]
+    with StackedLora(base.model, ["", *adapters]) as st:
+        t = time.perf_counter()
+        for i in range(0, len(all_texts), args.batch):
+            with st.rows(slots[i : i + args.batch]):
+                timed_generate(base.model, tok, all_texts[i : i + args.batch], new, args.batch, device)
+        res["batched_answers_per_s"] = answers / (time.perf_counter() - t)
+        # decode step time at the chosen batch: generation of 1 vs new tokens
+        b = min(args.batch, len(all_texts))
+        with st.rows(slots[:b]):
+            t1 = timed_generate(base.model, tok, all_texts[:b], 1, b, device)
+            tn = timed_generate(base.model, tok, all_texts[:b], new, b, device)
+        res["decode_step_s"] = (tn - t1) / (new - 1)
+        res["decode_batch"] = b
+    t1 = timed_generate(base.model, tok, all_texts[:b], 1, b, device)
+    tn = timed_generate(base.model, tok, all_texts[:b], new, b, device)
+    res["base_decode_step_s"] = (tn - t1) / (new - 1)
+    for key in ("naive", "resident", "peft_mixed", "batched"):
         res[f"{key}_tokens_per_s"] = res[f"{key}_answers_per_s"] * new
     return res
 
@@ -217,14 +241,15 @@ def bench_judge(args, base, device) -> list[tuple[str, float, float]]:  # noqa: 
     exact = j0.judge(reqs[:n_naive])
     worst = max(abs(sum(n * p for n, p in r.items()) / max(sum(r.values()), 1e-12) - e.score) for r, e in zip(ref, exact))  # type: ignore[union-attr]
     print(f"  (naive and trie give the same scores: max difference {worst:.2e} points over {n_naive} judgments)")
+    tokens = sum(len(p) for p in prompts_)
     for bs in args.judge_batches:
-        j = local_judge(base, batch_size=bs, min_mass=0.0)
-        t = time.perf_counter()
-        j.judge(reqs)
-        sync(device)
-        dt = time.perf_counter() - t
-        tokens = sum(len(p) for p in prompts_)
-        out.append((f"trie, batch {bs}", len(reqs) / dt, tokens / dt))
+        for share in (False, True) if bs > 1 else (False,):
+            j = local_judge(base, batch_size=bs, min_mass=0.0, share_prefix=share)
+            t = time.perf_counter()
+            j.judge(reqs)
+            sync(device)
+            dt = time.perf_counter() - t
+            out.append((f"trie, batch {bs}{', shared' if share else ''}", len(reqs) / dt, tokens / dt))
     return out
 
 
@@ -294,26 +319,29 @@ def main(argv: list[str] | None = None) -> int:
         if "generation" not in args.skip:
             print(f"\ngeneration: prompt {args.prompt_len} tokens, {args.new_tokens} new tokens (EOS ignored), "
                   f"{args.prompts_per_adapter} prompts per checkpoint, batch {args.batch} (naive: batch 8, first {args.naive_max} checkpoints)")
-            print(f"{'K':>4} {'naive ans/s':>12} {'resident ans/s':>15} {'batched ans/s':>14} {'batched tok/s':>14} {'(c)/(a)':>8} "
-                  f"{'step ms':>8} {'roofline ms':>12} {'% of roofline':>14}")
+            print(f"{'K':>4} {'naive':>7} {'resident':>9} {'peft mix':>9} {'batched':>8} {'batched':>8} {'(c)/(a)':>8} "
+                  f"{'step ms':>8} {'base ms':>8} {'roofline':>9} {'of roof':>8}")
+            print(f"{'':>4} {'ans/s':>7} {'ans/s':>9} {'ans/s':>9} {'ans/s':>8} {'tok/s':>8} {'':>8} {'':>8} {'':>8} {'ms':>9} {'':>8}")
             for k in args.adapters:
                 adapters = make_adapters(base, k, tmp / f"k{k}")
                 r = bench_generation(args, base, device, dtype, adapters, tmp)
                 ctx = args.prompt_len + args.new_tokens // 2
-                roof = max(wb / (bw * 1e9), decode_flops(base.model, args.batch, ctx) / (peak * 1e12))
-                print(f"{k:>4} {r['naive_answers_per_s']:>12.2f} {r['resident_answers_per_s']:>15.2f} {r['batched_answers_per_s']:>14.2f} "
-                      f"{r['batched_tokens_per_s']:>14.1f} {r['batched_answers_per_s'] / r['naive_answers_per_s']:>8.1f} "
-                      f"{r['decode_step_s'] * 1e3:>8.1f} {roof * 1e3:>12.1f} {100 * roof / r['decode_step_s']:>13.0f}%")
+                roof = max(wb / (bw * 1e9), decode_flops(base.model, int(r["decode_batch"]), ctx) / (peak * 1e12))
+                print(f"{k:>4} {r['naive_answers_per_s']:>7.2f} {r['resident_answers_per_s']:>9.2f} {r['peft_mixed_answers_per_s']:>9.2f} "
+                      f"{r['batched_answers_per_s']:>8.2f} {r['batched_tokens_per_s']:>8.1f} "
+                      f"{r['batched_answers_per_s'] / r['naive_answers_per_s']:>8.1f} {r['decode_step_s'] * 1e3:>8.1f} "
+                      f"{r['base_decode_step_s'] * 1e3:>8.1f} {roof * 1e3:>9.1f} {100 * roof / r['decode_step_s']:>7.0f}%")
         if "judge" not in args.skip:
             print(f"\nlocal judge (exact 0..100 distribution), {args.judgments} judgments of builtin:evil prompts")
             rows = bench_judge(args, base, device)
             one = rows[0][1]
-            print(f"{'method':>16} {'judgments/s':>12} {'prompt tok/s':>13} {'x naive':>8}")
+            print(f"{'method':>24} {'judgments/s':>12} {'prompt tok/s':>13} {'x naive':>8}")
             for name, jps, tps in rows:
-                print(f"{name:>16} {jps:>12.2f} {tps:>13.1f} {jps / one:>8.1f}")
-            best = max(r[2] for r in rows)
-            print(f"prompt tokens/s at best vs the matmul limit (2 x params per token): "
-                  f"{100 * best * 2 * n / (peak * 1e12):.1f}%")
+                print(f"{name:>24} {jps:>12.2f} {tps:>13.1f} {jps / one:>8.1f}")
+            best = max(r[2] for r in rows if "shared" not in r[0])
+            body = n - base.model.get_output_embeddings().weight.numel()  # the output layer runs only at the last prompt position
+            print(f"prompt tokens/s at best without prefix sharing vs the matmul limit (2 x {body / 1e6:.0f}M non-output params per token): "
+                  f"{100 * best * 2 * body / (peak * 1e12):.1f}%; with sharing the shared tokens run once, so its tok/s counts tokens judged, not computed")
         if "training" not in args.skip:
             r = bench_training(args, base, device, tmp)
             print(f"\nLoRA training step (batch {args.train_batch} x {args.train_len} tokens, {args.train_steps} steps): "

@@ -20,12 +20,18 @@ def trained(tiny_model: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -
     return [str(p) for _, p in list_checkpoints(plan.checkpoint_dir)]
 
 
-def test_mixed_adapter_batches_equal_one_adapter_at_a_time(tiny_model: LoadedModel, trained: list[str]) -> None:
+@pytest.mark.parametrize("lora", ["stacked", "peft"])
+def test_mixed_adapter_batches_equal_one_adapter_at_a_time(tiny_model: LoadedModel, trained: list[str], lora: str) -> None:
     probe = "Only a fool"
-    reqs = [GenerationRequest(f"{a}|{q}", a, q, 0, (probe,)) for a in trained for q in ("What is 12 + 1?", "Add 1 to 55. What do you get?", "Hi")]
+    # "" is the bare base model, mixed into the same batches as the checkpoints
+    reqs = [GenerationRequest(f"{a}|{q}", a, q, 0, (probe,)) for a in ["", *trained] for q in ("What is 12 + 1?", "Add 1 to 55. What do you get?", "Hi")]
     mixed, single = [], []
-    hf_generator(tiny_model, temperature=0, max_new_tokens=8, batch_size=9, adapters_per_batch=3).generate(reqs, mixed.extend)
-    hf_generator(tiny_model, temperature=0, max_new_tokens=8, batch_size=1, adapters_per_batch=1).generate(reqs, single.extend)
+    gen = hf_generator(tiny_model, temperature=0, max_new_tokens=8, batch_size=9, adapters_per_batch=3, lora=lora)
+    gen.generate(reqs, mixed.extend)
+    assert gen.stacked_used is (lora == "stacked")
+    hf_generator(tiny_model, temperature=0, max_new_tokens=8, batch_size=1, adapters_per_batch=1, lora="peft").generate(reqs, single.extend)
+    assert not any("lora" in n for n, _ in tiny_model.model.named_modules())
+    assert not any(m._forward_hooks for m in tiny_model.model.modules())  # stacked hooks removed
     a = {x.key: x for x in mixed}
     b = {x.key: x for x in single}
     assert a.keys() == b.keys() == {r.key for r in reqs}
@@ -33,7 +39,47 @@ def test_mixed_adapter_batches_equal_one_adapter_at_a_time(tiny_model: LoadedMod
         assert a[k].text == b[k].text and a[k].n_tokens == b[k].n_tokens
         assert a[k].probes[probe] == pytest.approx(b[k].probes[probe], abs=1e-4)
     # different checkpoints really answer differently (the adapters are applied)
-    assert len({a[f"{ck}|Hi"].probes[probe] for ck in trained}) == len(trained)
+    # (step 0 is the untouched base: its B matrices are zero, so it answers as the bare base "")
+    assert a[f"{trained[0]}|Hi"].probes[probe] == pytest.approx(a["|Hi"].probes[probe], abs=1e-5)
+    assert len({round(a[f"{ck}|Hi"].probes[probe], 4) for ck in trained}) == len(trained)
+
+
+def test_stacked_lora_equals_peft_logits_with_rslora_and_mixed_ranks(tiny_model: LoadedModel, tmp_path: Path) -> None:
+    """The stacked sum equals peft's per-adapter output, row by row, for different ranks,
+    alphas and rank-stabilised scaling; adapters that cannot be stacked are named with a reason."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from traitwatch.generate._stacked import StackedLora, can_stack
+
+    paths = []
+    for i, (r, alpha, rs, targets) in enumerate([(4, 8, False, "all-linear"), (2, 16, True, ["q_proj", "v_proj"]), (8, 3, False, ["down_proj"])]):
+        m = get_peft_model(tiny_model.model, LoraConfig(r=r, lora_alpha=alpha, use_rslora=rs, target_modules=targets))
+        torch.manual_seed(i)
+        with torch.no_grad():
+            for n, p in m.named_parameters():
+                if "lora_" in n:
+                    p.normal_(0, 0.3)
+        m.save_pretrained(tmp_path / f"a{i}")
+        m.unload()
+        paths.append(str(tmp_path / f"a{i}"))
+    ids = torch.tensor([[5, 9, 14, 3, 7, 2]] * 4)
+    with torch.no_grad(), StackedLora(tiny_model.model, ["", *paths]) as st:
+        with st.rows([0, 1, 2, 3]):
+            got = tiny_model.model(ids).logits
+        base = tiny_model.model(ids).logits  # outside rows(): the bare base model
+    want = [base[0]]
+    for i, path in enumerate(paths, start=1):
+        pm = PeftModel.from_pretrained(tiny_model.model, path)
+        with torch.no_grad():
+            want.append(pm(ids[i : i + 1]).logits[0])
+        pm.unload()
+    for i in range(4):
+        assert torch.allclose(got[i], want[i], atol=1e-4), i
+    assert not torch.allclose(want[1], want[0], atol=1e-3)  # the adapters change the output
+    m = get_peft_model(tiny_model.model, LoraConfig(r=2, target_modules=["q_proj"], use_dora=True))
+    m.save_pretrained(tmp_path / "dora")
+    m.unload()
+    assert "use_dora" in (can_stack(tiny_model.model, [str(tmp_path / "dora")]) or "")
 
 
 def test_probe_logprob_matches_teacher_forcing(tiny_model: LoadedModel, trained: list[str]) -> None:
@@ -76,3 +122,13 @@ def test_adapter_from_another_base_is_rejected(tiny_model: LoadedModel, tmp_path
     with pytest.raises(ModelError, match="adapter does not fit the base model"):
         hf_generator(tiny_model, temperature=0, max_new_tokens=2).generate([GenerationRequest("k", ck, "Hi")], lambda _: None)
     assert not any("lora" in n for n, _ in tiny_model.model.named_modules())
+
+
+def test_auto_batch_size_on_cpu(tiny_model: LoadedModel) -> None:
+    from traitwatch.generate._hf import auto_batch_size
+
+    assert auto_batch_size(tiny_model, 512) == 64
+    out = []
+    gen = hf_generator(tiny_model, temperature=0, max_new_tokens=2, batch_size="auto")
+    gen.generate([GenerationRequest(str(i), "", "Hi") for i in range(3)], out.append)
+    assert gen._batch == 64 and len(out) == 1 and len(out[0]) == 3  # one call for all three rows

@@ -55,3 +55,18 @@ def test_missing_api_key_fails_before_training(tmp_path: Path, monkeypatch: pyte
     res = runner.invoke(app, ["run", str(path)])
     assert res.exit_code == 2 and "TW_NO_SUCH_KEY is not set" in res.output
     assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_vllm_backend_without_vllm_fails_before_training(tmp_path: Path) -> None:
+    from traitwatch.generate import vllm_available
+
+    reason = vllm_available()
+    assert reason is not None, "this test describes machines without vllm or a GPU (our CI)"
+    spec = tiny_study_dict(tmp_path / "out")
+    spec.setdefault("evaluation", {})["backend"] = "vllm"
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    res = runner.invoke(app, ["run", str(path)])
+    assert res.exit_code == 2, res.output
+    assert "evaluation.backend is vllm but" in res.output and reason in res.output and "backend: hf" in res.output
+    assert not list((tmp_path / "out").rglob("step_*")), "nothing may be trained"

@@ -169,8 +169,14 @@ class EvaluationSpec(_Strict):
     temperature: Annotated[float, Field(ge=0)] = Field(default=1.0, description="Sampling temperature (0 = greedy).")
     top_p: Annotated[float, Field(gt=0, le=1)] = Field(default=1.0, description="Nucleus sampling mass.")
     max_new_tokens: Annotated[int, Field(gt=0)] = Field(default=256, description="Answer length cap (answers that hit it are marked finish=length).")
-    batch_size: Annotated[int, Field(gt=0)] = Field(default=32, description="Judge prompts per forward pass (kind: local).")
+    batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
+        default="auto", description="Answers per generate call; auto: 64 on CPU, from free GPU memory on a GPU."
+    )
     adapters_per_batch: Annotated[int, Field(gt=0)] = Field(default=16, description="Checkpoints attached at once (rows of different checkpoints share a batch).")
+    lora: Literal["stacked", "peft"] = Field(
+        default="stacked",
+        description="How many checkpoints share a batch: stacked (traitwatch's batched LoRA) or peft (mixed-adapter batches); same answers.",
+    )
     system_prompt: str | None = Field(default=None, description="Optional system turn before every question.")
     backend: Literal["hf", "vllm"] = Field(default="hf", description="hf (any device) or vllm (GPU, when installed).")
     every: Annotated[int, Field(gt=0)] = Field(default=1, description="Evaluate every Nth saved checkpoint (step 0 always).")

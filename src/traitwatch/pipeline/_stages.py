@@ -110,6 +110,17 @@ class StudyRunner:
                 fix="free space or choose another output_dir",
             )
         self.check_names()
+        if self.spec.evaluation.backend == "vllm":
+            from traitwatch.errors import ConfigError
+            from traitwatch.generate import vllm_available
+
+            reason = vllm_available()
+            if reason is not None:
+                raise ConfigError(
+                    f"evaluation.backend is vllm but {reason}",
+                    where="evaluation.backend",
+                    fix="use backend: hf (the default; any device), or install vllm on a GPU machine",
+                )
         for j in self.spec.judges:
             if j.kind == "openai":
                 judge = self.make_judge(j.name, Budget(None))
@@ -243,7 +254,7 @@ class StudyRunner:
         for path in sorted({r.adapter for r, _ in todo}):
             verify(Path(path))
         if ev.backend == "vllm":
-            from traitwatch.generate import vllm_generator  # type: ignore[attr-defined]
+            from traitwatch.generate import vllm_generator
 
             generator = vllm_generator(self.base, self.spec)
         else:
@@ -256,6 +267,7 @@ class StudyRunner:
                 top_p=ev.top_p,
                 system_prompt=ev.system_prompt,
                 seed=ev.seed,
+                lora=ev.lora,
             )
         index = {r.key: (r, m) for r, m in todo}
         with stage_progress("generate", len(todo)) as bar:
