@@ -57,8 +57,8 @@ def auto_batch_size(base: LoadedModel, max_tokens: int, *, cap: int = 256, cpu: 
     Why: decoding reads every weight once per step whatever the batch, so on a GPU more rows
     are nearly free until the KV cache fills memory. On a CPU the step is compute-bound:
     measured on the 270M model with 16 checkpoints, 32 rows gave 6.9 answers/s, 64 rows 8.9
-    and 128 rows 8.7 (``bench/eval_throughput.py``), so 64. Per row: keys and values of every layer for ``max_tokens`` positions, plus
-    a few float32 rows of logits.
+    and 128 rows 8.7 (``bench/eval_throughput.py``), so 64. Per row: keys and values of every
+    layer for ``max_tokens`` positions, plus a few float32 rows of logits.
     """
     if base.device.type != "cuda":
         return cpu

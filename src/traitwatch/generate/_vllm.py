@@ -82,7 +82,8 @@ class VLLMGenerator:
             seed=ev.seed,
             enable_lora=True,
             max_loras=ev.adapters_per_batch,
-            max_lora_rank=max(8, spec.lora.r),
+            # vLLM accepts only some ranks here; the smallest one that holds ours
+            max_lora_rank=next(r for r in (8, 16, 32, 64, 128, 256, 320, 512, 10**9) if r >= spec.lora.r),
             trust_remote_code=False,
         )
         self._ids: dict[str, int] = {}

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -54,6 +55,11 @@ from ._checkpoints import (
     write_checkpoint,
 )
 from ._tokenize import IGNORE, Encoded, collate, encode_chat
+
+# peft asks transformers `is_gradient_checkpointing`, which transformers now deprecates with a
+# FutureWarning on every LoRA wrap; it is about their API, not the user's study, so keep it out
+# of the user's terminal.
+warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 @dataclass
