@@ -3,7 +3,7 @@ import torch
 
 from traitwatch.config import ModelSpec, RandomModelSpec
 from traitwatch.errors import ModelError
-from traitwatch.models import CHATML, GEMMA, load_model, offline_tokenizer, turn_end_ids
+from traitwatch.models import CHATML, GEMMA, LoadedModel, load_model, offline_tokenizer, turn_end_ids
 
 
 def test_offline_tokenizer_is_deterministic_and_splits_digits() -> None:
@@ -78,3 +78,30 @@ def test_embedded_gemma_loads_from_gguf_package() -> None:
     ids = tok(["41 + 1 = "], return_tensors="pt")
     out = m.model.generate(**ids, max_new_tokens=2, do_sample=False)
     assert tok.decode(out[0, ids["input_ids"].shape[1]:]).startswith("42")
+
+
+def test_cpu_gqa_attention_gives_sdpa_results(tiny_model: LoadedModel) -> None:
+    """The CPU attention (folded GQA heads when no padding mask) is SDPA's math: same greedy
+    tokens and logits within float error, on rows of equal length (no mask) and with padding."""
+    import torch
+
+    from traitwatch.models._attention import NAME
+
+    model, tok = tiny_model.model, tiny_model.tokenizer
+    assert model.config._attn_implementation == NAME
+    assert model.config.num_key_value_heads < model.config.num_attention_heads  # the case it exists for
+    tok.padding_side = "left"
+    for texts in (["What is 2 + 2?", "What is 3 + 3?"], ["Hi", "What is the capital of a large country?"]):
+        enc = tok(texts, return_tensors="pt", padding=True)
+        outs = {}
+        try:
+            for impl in ("sdpa", NAME):
+                model.set_attn_implementation(impl)
+                with torch.no_grad():
+                    outs[impl] = model.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id,
+                                                output_logits=True, return_dict_in_generate=True)
+        finally:
+            model.set_attn_implementation(NAME)
+        a, b = outs["sdpa"], outs[NAME]
+        assert torch.equal(a.sequences, b.sequences)
+        assert max(float((x - y).abs().max()) for x, y in zip(a.logits, b.logits)) < 1e-4

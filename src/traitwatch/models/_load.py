@@ -19,6 +19,7 @@ import torch
 from traitwatch.config import ModelSpec, RandomModelSpec
 from traitwatch.errors import ModelError
 
+from ._attention import use_cpu_attention
 from ._embedded import embedded_model_dir, gguf_model_dir
 from ._templates import resolve_template, turn_end_ids
 from ._tokenizer import offline_tokenizer
@@ -182,6 +183,8 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         tok.pad_token = tok.eos_token
     identity += ":tmpl=" + hashlib.sha256(tok.chat_template.encode()).hexdigest()[:8] + f":{str(dtype).removeprefix('torch.')}"
     model.to(device)
+    if device.type == "cpu":
+        use_cpu_attention(model)
     _contiguous_head_input(model)
     model.eval()
     model.config.use_cache = True
