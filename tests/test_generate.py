@@ -132,3 +132,16 @@ def test_auto_batch_size_on_cpu(tiny_model: LoadedModel) -> None:
     gen = hf_generator(tiny_model, temperature=0, max_new_tokens=2, batch_size="auto")
     gen.generate([GenerationRequest(str(i), "", "Hi") for i in range(3)], out.append)
     assert gen._batch == 64 and len(out) == 1 and len(out[0]) == 3  # one call for all three rows
+
+
+def test_unstackable_adapters_fall_back_to_peft_with_a_note(tiny_model: LoadedModel, tmp_path: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    m = get_peft_model(tiny_model.model, LoraConfig(r=2, target_modules=["q_proj"], use_dora=True))
+    m.save_pretrained(tmp_path / "dora")
+    m.unload()
+    out = []
+    gen = hf_generator(tiny_model, temperature=0, max_new_tokens=3)
+    gen.generate([GenerationRequest("k", str(tmp_path / "dora"), "Hi")], out.extend)
+    assert len(out) == 1 and not gen.stacked_used and gen._told_fallback
+    assert not any("lora" in n for n, _ in tiny_model.model.named_modules())

@@ -26,6 +26,7 @@ import torch
 
 from traitwatch.errors import ModelError
 from traitwatch.models import LoadedModel
+from traitwatch.progress import console
 from traitwatch.train import encode_prompt
 
 from ._protocol import Answer, GenerationRequest
@@ -98,6 +99,7 @@ class HFGenerator:
         self.lora = lora
         self.stacked_used = False  # whether the last chunk ran stacked (for tests and benchmarks)
         self._stacked: StackedLora | None = None
+        self._told_fallback = False
         self.batch_size = batch_size
         self._batch = batch_size if isinstance(batch_size, int) else 0  # resolved in generate()
         self.adapters_per_batch = adapters_per_batch
@@ -131,7 +133,11 @@ class HFGenerator:
 
         self._stacked = None
         self.stacked_used = False
-        if self.lora == "stacked" and can_stack(self.base.model, adapters) is None:
+        reason = can_stack(self.base.model, adapters) if self.lora == "stacked" else "lora: peft"
+        if reason is not None and self.lora == "stacked" and not self._told_fallback:
+            console.print(f"[yellow]note:[/] checkpoints cannot be stacked ({reason}); using peft mixed-adapter batches (same answers, slower)")
+            self._told_fallback = True
+        if reason is None:
             try:
                 self._stacked = StackedLora(self.base.model, adapters)
             except (ValueError, RuntimeError, KeyError) as exc:
