@@ -16,6 +16,7 @@ behaviours that greedy text shows only now and then.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -73,6 +74,13 @@ def auto_batch_size(base: LoadedModel, max_tokens: int, *, cap: int = 256, cpu: 
     free, _ = torch.cuda.mem_get_info(base.device)
     rows = int(0.7 * free) // per_row
     return max(1, min(cap, 1 << max(0, rows.bit_length() - 1)))
+
+
+def _is_dora(path: str) -> bool:
+    try:
+        return bool(path) and bool(json.loads((Path(path) / "adapter_config.json").read_text()).get("use_dora"))
+    except (OSError, ValueError):
+        return False
 
 
 class HFGenerator:
@@ -184,8 +192,8 @@ class HFGenerator:
             with self._stacked.rows([int(n) for n in names]):
                 yield
             return
-        if hasattr(model, "peft_config"):
-            kwargs["adapter_names"] = names
+        if hasattr(model, "peft_config") and (len(set(names)) > 1 or len(model.peft_config) > 1):
+            kwargs["adapter_names"] = names  # else the one attached adapter is active for every row
         yield
 
     # -- the work ---------------------------------------------------------------------------
@@ -245,8 +253,10 @@ class HFGenerator:
             by_adapter[r.adapter].append(r)
         adapters = sorted(by_adapter)
         torch.manual_seed(self.seed)
-        for c in range(0, len(adapters), self.adapters_per_batch):
-            chunk = adapters[c : c + self.adapters_per_batch]
+        # peft cannot mix DoRA adapters in one batch (and they cannot be stacked): one at a time
+        per = 1 if any(_is_dora(a) for a in adapters) else self.adapters_per_batch
+        for c in range(0, len(adapters), per):
+            chunk = adapters[c : c + per]
             for path in chunk:
                 if path and not Path(path).is_dir():
                     raise ModelError("adapter folder not found", where=path, fix="run `traitwatch train` for this study first")
