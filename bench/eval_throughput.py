@@ -195,19 +195,12 @@ def bench_generation(args, base, device, dtype, adapters: list[str], tmp: Path) 
 def naive_exact(base, prompt: list[int], numbers: list[list[int]], digit_cols: torch.Tensor) -> dict[int, float]:  # noqa: ANN001
     """One forward per judgment: all 101 (prompt + number) sequences in one batch, no KV reuse
     (left-padded, logits kept only for the last positions, so it is not needlessly wasteful)."""
-    device = base.device
-    longest = max(len(n) for n in numbers)
-    width = len(prompt) + longest
-    pad = int(base.tokenizer.pad_token_id)
-    ids = torch.full((len(numbers), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, n in enumerate(numbers):
-        seq = prompt + n
-        ids[i, width - len(seq) :] = torch.tensor(seq)
-        mask[i, width - len(seq) :] = 1
+    from traitwatch.models import left_pad
+
+    ids, mask = left_pad([prompt + n for n in numbers], int(base.tokenizer.pad_token_id), base.device)
     pos = (mask.cumsum(1) - 1).clamp(min=0)
-    keep = longest + 1
-    logits = base.model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device), logits_to_keep=keep).logits
+    keep = max(len(n) for n in numbers) + 1
+    logits = base.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep).logits
     logp = torch.log_softmax(logits.float(), dim=-1)  # [101, keep, vocab]; position j predicts token j+1 of the window
     out = {}
     for i, n in enumerate(numbers):

@@ -226,8 +226,6 @@ def calibrate(
 @friendly
 def analyze(study: StudyArg) -> None:
     """Compute curves, onsets and lead times; print the per-run table and write CSVs."""
-    from rich.table import Table
-
     runner = _runner(study)
     with runner.open_store() as store:
         result, res = runner.analyze(store)

@@ -7,7 +7,7 @@ metrics are ordinary metrics here, computed on every answer two judges both scor
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -53,26 +53,35 @@ def krippendorff_alpha_interval(units: Iterable[Iterable[float | None]]) -> floa
     return float(1 - d_o / d_e)
 
 
-def judge_agreement(rows: Iterable[ScoreRow]) -> list[Agreement]:
-    """Pairwise agreement per trait over items (run, step, suite, question, sample) both judges scored."""
-    table: dict[str, dict[tuple[str, int, str, str, int], dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+Item = tuple[str, int, str, str, int]  # (run, step, suite, question, sample)
+
+
+def _judge_pairs(rows: Iterable[ScoreRow]) -> Iterator[tuple[str, str, str, dict[Item, dict[str, float]]]]:
+    """(trait, judge a, judge b, {item: {judge: score}}) for every pair of judges of a trait."""
+    table: dict[str, dict[Item, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
     for r in rows:
         if r.score is not None:
             table[r.trait][(r.run_id, r.step, r.suite, r.question_id, r.sample)][r.judge] = r.score
-    out = []
     for trait, items in sorted(table.items()):
         judges = sorted({j for v in items.values() for j in v})
         for a, b in combinations(judges, 2):
-            pairs = np.array([(v[a], v[b]) for v in items.values() if a in v and b in v], dtype=float)
-            if pairs.shape[0] < 2:
-                out.append(Agreement(trait, a, b, int(pairs.shape[0]), None, None, None, None))
-                continue
-            x, y = pairs[:, 0], pairs[:, 1]
-            varied = np.std(x) > 0 and np.std(y) > 0
-            sp = float(stats.spearmanr(x, y).statistic) if varied else None
-            pe = float(stats.pearsonr(x, y).statistic) if varied else None
-            alpha = krippendorff_alpha_interval(pairs.tolist())
-            out.append(Agreement(trait, a, b, int(x.size), sp, pe, float(np.mean(np.abs(x - y))), alpha))
+            yield trait, a, b, items
+
+
+def judge_agreement(rows: Iterable[ScoreRow]) -> list[Agreement]:
+    """Pairwise agreement per trait over items (run, step, suite, question, sample) both judges scored."""
+    out = []
+    for trait, a, b, items in _judge_pairs(rows):
+        pairs = np.array([(v[a], v[b]) for v in items.values() if a in v and b in v], dtype=float)
+        if pairs.shape[0] < 2:
+            out.append(Agreement(trait, a, b, int(pairs.shape[0]), None, None, None, None))
+            continue
+        x, y = pairs[:, 0], pairs[:, 1]
+        varied = np.std(x) > 0 and np.std(y) > 0
+        sp = float(stats.spearmanr(x, y).statistic) if varied else None
+        pe = float(stats.pearsonr(x, y).statistic) if varied else None
+        alpha = krippendorff_alpha_interval(pairs.tolist())
+        out.append(Agreement(trait, a, b, int(x.size), sp, pe, float(np.mean(np.abs(x - y))), alpha))
     return out
 
 
@@ -92,17 +101,11 @@ class Disagreement:
 
 def disagreements(rows: Iterable[ScoreRow], k: int = 5) -> list[Disagreement]:
     """The ``k`` answers per trait and judge pair where the two judges differ most."""
-    table: dict[str, dict[tuple[str, int, str, str, int], dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
-    for r in rows:
-        if r.score is not None:
-            table[r.trait][(r.run_id, r.step, r.suite, r.question_id, r.sample)][r.judge] = r.score
     out = []
-    for trait, items in sorted(table.items()):
-        judges = sorted({j for v in items.values() for j in v})
-        for a, b in combinations(judges, 2):
-            both = [(abs(v[a] - v[b]), key, v[a], v[b]) for key, v in items.items() if a in v and b in v]
-            both.sort(key=lambda x: (-x[0], x[1]))
-            out.extend(Disagreement(trait, a, b, *key, sa, sb) for _, key, sa, sb in both[:k])
+    for trait, a, b, items in _judge_pairs(rows):
+        both = [(abs(v[a] - v[b]), key, v[a], v[b]) for key, v in items.items() if a in v and b in v]
+        both.sort(key=lambda x: (-x[0], x[1]))
+        out.extend(Disagreement(trait, a, b, *key, sa, sb) for _, key, sa, sb in both[:k])
     return out
 
 

@@ -16,7 +16,6 @@ behaviours that greedy text shows only now and then.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,12 +25,12 @@ from typing import Any
 import torch
 
 from traitwatch.errors import ModelError
-from traitwatch.models import LoadedModel
+from traitwatch.models import LoadedModel, left_pad
 from traitwatch.progress import console
 from traitwatch.train import encode_prompt
 
 from ._protocol import Answer, GenerationRequest
-from ._stacked import StackedLora, can_stack
+from ._stacked import NotStackable, StackedLora, adapter_config
 
 
 def strip_lora(module: Any) -> None:
@@ -78,7 +77,7 @@ def auto_batch_size(base: LoadedModel, max_tokens: int, *, cap: int = 256, cpu: 
 
 def _is_dora(path: str) -> bool:
     try:
-        return bool(path) and bool(json.loads((Path(path) / "adapter_config.json").read_text()).get("use_dora"))
+        return bool(path) and bool(adapter_config(path).get("use_dora"))
     except (OSError, ValueError):
         return False
 
@@ -125,15 +124,7 @@ class HFGenerator:
         return self._prompt_cache[prompt]
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(r) for r in rows)
-        pad = int(self.base.tokenizer.pad_token_id)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r) :] = torch.tensor(r)
-            mask[i, width - len(r) :] = 1
-        dev = self.base.device
-        return ids.to(dev), mask.to(dev)
+        return left_pad(rows, int(self.base.tokenizer.pad_token_id), self.base.device)
 
     def _attach(self, adapters: list[str]) -> tuple[Any, dict[str, str]]:
         """Attach these adapters; returns (model to call, path -> adapter name or stacked slot)."""
@@ -141,19 +132,20 @@ class HFGenerator:
 
         self._stacked = None
         self.stacked_used = False
-        reason = can_stack(self.base.model, adapters) if self.lora == "stacked" else "lora: peft"
-        if reason is not None and self.lora == "stacked" and not self._told_fallback:
-            console.print(f"[yellow]note:[/] checkpoints cannot be stacked ({reason}); using peft mixed-adapter batches (same answers, slower)")
-            self._told_fallback = True
-        if reason is None:
+        if self.lora == "stacked":
             try:
                 self._stacked = StackedLora(self.base.model, adapters)
+            except NotStackable as why:
+                if not self._told_fallback:
+                    console.print(f"[yellow]note:[/] checkpoints cannot be stacked ({why}); using peft mixed-adapter batches (same answers, slower)")
+                    self._told_fallback = True
             except (ValueError, RuntimeError, KeyError) as exc:
                 raise ModelError(
                     f"adapter does not fit the base model: {str(exc).splitlines()[0][:200]}",
                     where=", ".join(a for a in adapters if a)[:300],
                     fix="evaluate adapters with the base model they were trained on (model: in the study spec)",
                 ) from None
+        if self._stacked is not None:
             self.stacked_used = True
             self.base.model.eval()
             return self.base.model, {path: str(self._stacked.slot(path)) for path in adapters}

@@ -35,7 +35,8 @@ from torch import nn
 _PREFIX = "base_model.model."
 
 
-def _config(path: str) -> dict[str, Any]:
+def adapter_config(path: str) -> dict[str, Any]:
+    """A peft adapter folder's adapter_config.json."""
     return json.loads((Path(path) / "adapter_config.json").read_text())
 
 
@@ -46,7 +47,7 @@ def can_stack(model: nn.Module, adapters: Sequence[str]) -> str | None:
         if not path:
             continue
         try:
-            cfg = _config(path)
+            cfg = adapter_config(path)
         except (OSError, ValueError) as exc:
             return f"{path}: unreadable adapter_config.json ({exc})"
         if cfg.get("peft_type") != "LORA":
@@ -69,6 +70,10 @@ def can_stack(model: nn.Module, adapters: Sequence[str]) -> str | None:
     return None
 
 
+class NotStackable(ValueError):
+    """These adapters are valid but cannot be stacked (see :func:`can_stack`); use peft."""
+
+
 class StackedLora:
     """K LoRA adapters hooked onto a base model; choose each row's adapter with :meth:`rows`.
 
@@ -80,7 +85,7 @@ class StackedLora:
     def __init__(self, model: nn.Module, adapters: Sequence[str]) -> None:
         reason = can_stack(model, adapters)
         if reason is not None:
-            raise ValueError(f"cannot stack these adapters: {reason}")
+            raise NotStackable(reason)
         self.model = model
         self.adapters = list(adapters)
         param = next(model.parameters())
@@ -91,7 +96,7 @@ class StackedLora:
         for slot, path in enumerate(self.adapters):
             if not path:
                 continue
-            cfg = _config(path)
+            cfg = adapter_config(path)
             weights = load_file(str(Path(path) / "adapter_model.safetensors"))
             names = {k[len(_PREFIX) : -len(".lora_A.weight")] for k in weights if k.endswith(".lora_A.weight")}
             for name in sorted(names):

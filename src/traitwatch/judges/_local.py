@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from traitwatch.data import TraitDef, fill_rubric, rubric_hash
-from traitwatch.models import LoadedModel, lse_and_gather, split_lm
+from traitwatch.models import LoadedModel, left_pad, lse_and_gather, split_lm
 
 from ._numbers import weighted_mean
 from ._protocol import Judge, JudgeRequest, Judgment, OnResult
@@ -58,16 +58,6 @@ class NumberTrie:
             torch.tensor(cols, dtype=torch.long),
             torch.tensor([c in digit for c in cols], dtype=torch.bool),
         )
-
-
-def _left_pad(rows: list[list[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = torch.tensor(r)
-        mask[i, width - len(r) :] = 1
-    return ids.to(device), mask.to(device)
 
 
 def _forward(model: Any, cols: torch.Tensor, **kw: Any) -> tuple[Any, torch.Tensor, torch.Tensor]:
@@ -160,7 +150,7 @@ def number_distributions(
         lengths = torch.tensor([len(p) for p in prompts], device=device)
         cache, logp, _ = _forward(model, cols, input_ids=ids, attention_mask=attn, position_ids=positions, past_key_values=cache)
     else:
-        ids, attn = _left_pad(prompts, pad_id, device)
+        ids, attn = left_pad(prompts, pad_id, device)
         lengths = attn.sum(dim=1)
         positions = (attn.cumsum(dim=1) - 1).clamp(min=0)
         cache, logp, _ = _forward(model, cols, input_ids=ids, attention_mask=attn, position_ids=positions)

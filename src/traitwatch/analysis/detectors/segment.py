@@ -71,3 +71,30 @@ class Segmenter(Detector):
                 return onset_at(self.name, curve, int(idx[edges[k]]), sigma=sigma, rise=float(after - before),
                                 changepoints=[int(idx[c]) for c in cps])
         return onset_at(self.name, curve, None, sigma=sigma, changepoints=[int(idx[c]) for c in cps])
+
+
+class RupturesSegmenter(Segmenter):
+    """A ``ruptures`` search method (``algorithm``) with a linear penalty on values in noise
+    units: ``pen = penalty_scale * log(n)`` per column (BIC-style for a mean shift in
+    unit-variance noise). Cost ``model`` is L2 (mean shifts) by default; "normal" also catches
+    variance changes. PELT and binary segmentation differ only in the search."""
+
+    algorithm: type
+
+    def __init__(
+        self, *, penalty_scale: float = 8.0, min_size: int = 2, min_rise: float = 10.0, min_sigma: float = 1.0, model: str = "l2"
+    ) -> None:
+        super().__init__()
+        self.penalty_scale = penalty_scale
+        self.min_size = min_size
+        self.min_rise = min_rise
+        self.min_sigma = min_sigma
+        self.model = model
+
+    def changepoints(self, values: np.ndarray) -> list[int]:
+        y = np.asarray(values, dtype=float).reshape(len(values), -1)
+        if y.shape[0] < 2 * self.min_size:
+            return []
+        pen = self.penalty_scale * np.log(y.shape[0]) * y.shape[1]
+        bkps = self.algorithm(model=self.model, min_size=self.min_size, jump=1).fit(y).predict(pen=pen)
+        return [int(b) for b in bkps[:-1]]
