@@ -12,10 +12,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
-from traitwatch.store import ScoreRow
+from traitwatch.store import ScoreColumns, ScoreRow
+
+from ._agreement import _lex_ids
 
 Unit = tuple[str, str]  # (suite, question_id)
 
@@ -41,24 +44,60 @@ class TraitSamples:
         return np.isfinite(self.X).sum(axis=(1, 2))
 
 
-def arrange(rows: Iterable[ScoreRow]) -> dict[tuple[str, str, str], TraitSamples]:
-    """Group score rows into TraitSamples per (run, judge, trait)."""
-    groups: dict[tuple[str, str, str], list[ScoreRow]] = defaultdict(list)
-    for r in rows:
-        groups[(r.run_id, r.judge, r.trait)].append(r)
-    out = {}
-    for key, rs in groups.items():
-        steps = np.array(sorted({r.step for r in rs}), dtype=int)
-        units = tuple(sorted({(r.suite, r.question_id) for r in rs}))
-        n_samples = max(r.sample for r in rs) + 1
-        X = np.full((steps.size, len(units), n_samples), np.nan)
-        si = {s: i for i, s in enumerate(steps)}
-        ui = {u: i for i, u in enumerate(units)}
-        for r in rs:
-            if r.score is not None:
-                X[si[r.step], ui[(r.suite, r.question_id)], r.sample] = r.score
-        out[key] = TraitSamples(key[0], key[1], key[2], steps, units, X)
+def arrange(rows: Iterable[ScoreRow] | ScoreColumns) -> dict[tuple[str, str, str], TraitSamples]:
+    """Group scores into TraitSamples per (run, judge, trait), keys in sorted order.
+
+    Each group gets its steps sorted, its units (suite, question_id) sorted, and
+    ``X[step, unit, sample]`` (samples 0..max sample of the group), NaN where no score (a None
+    score is not written); when the same (run, judge, trait, step, unit, sample) is scored more
+    than once, the last score in row order wins.
+
+    Why numpy on columns: at paper scale there are millions of scores, and a dict of lists of
+    rows per group would hold a Python object per score. Rows are ordered by group with one
+    stable argsort of integer ids, and each group is filled with vectorised indexing. A list of
+    ``ScoreRow`` is converted to columns first, so both inputs share one definition.
+    """
+    cols = rows if isinstance(rows, ScoreColumns) else ScoreColumns.from_rows(rows)
+    n = len(cols)
+    if n == 0:
+        return {}
+    # Dense ids in sorted (run, judge, trait) and (suite, question_id) order; codes are made
+    # one column at a time inside _lex_ids, so at most one is held besides the key.
+    group, n_groups, group_row = _lex_ids([partial(_coded, cols, f) for f in ("run_id", "judge", "trait")], n)
+    unit, _, unit_row = _lex_ids([partial(_coded, cols, f) for f in ("suite", "question_id")], n)
+    order = np.argsort(group, kind="stable")  # by group; row order kept within a group
+    ends = np.cumsum(np.bincount(group, minlength=n_groups))
+    del group
+    out: dict[tuple[str, str, str], TraitSamples] = {}
+    for g in range(n_groups):
+        idx = order[(ends[g - 1] if g else 0) : ends[g]]
+        first = int(group_row[g])
+        key = (str(cols.run_id[first]), str(cols.judge[first]), str(cols.trait[first]))
+        steps, si = np.unique(cols.step[idx], return_inverse=True)
+        units, ui = np.unique(unit[idx], return_inverse=True)
+        sample = cols.sample[idx]
+        X = np.full((steps.size, units.size, int(sample.max()) + 1), np.nan)
+        score = cols.score[idx]
+        ok = ~np.isnan(score)
+        si, ui, sample, score = si.reshape(-1)[ok], ui.reshape(-1)[ok], sample[ok], score[ok]
+        last = _last_of_each(np.ravel_multi_index((si, ui, sample), X.shape, mode="wrap"))
+        X[si[last], ui[last], sample[last]] = score[last]
+        names = tuple((str(cols.suite[r]), str(cols.question_id[r])) for r in unit_row[units].tolist())
+        out[key] = TraitSamples(key[0], key[1], key[2], steps.astype(int), names, X)
     return out
+
+
+def _coded(cols: ScoreColumns, name: str) -> tuple[np.ndarray, int]:
+    """A text field's codes (in sorted order of its values) and the number of values."""
+    codes, levels = cols.codes(name)
+    return codes, len(levels)
+
+
+def _last_of_each(keys: np.ndarray) -> np.ndarray:
+    """Positions of the last occurrence of each distinct key. Why: numpy does not define which
+    of several assignments to one element wins, and "the last score wins" is the rule."""
+    _, first_from_end = np.unique(keys[::-1], return_index=True)
+    return keys.size - 1 - first_from_end
 
 
 class SharedBootstrap:

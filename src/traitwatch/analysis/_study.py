@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from traitwatch.config import StudySpec
-from traitwatch.store import CheckpointRow, ScoreRow, Store
+from traitwatch.store import CheckpointRow, ScoreColumns, ScoreRow, Store
 
 from ._agreement import Agreement, Disagreement, combine_judges, disagreements, judge_agreement
 from ._compare import domain_table, drift, order_tests, seed_table, task_convergence_step
@@ -48,9 +48,7 @@ class StudyAnalysis:
         return next((c for c in self.curves if (c.run_id, c.judge, c.trait) == (run_id, judge, trait)), None)
 
     def onset(self, run_id: str, judge: str, trait: str, detector: str = "consensus") -> OnsetResult | None:
-        return next(
-            (o for o in self.onsets if (o.run_id, o.judge, o.trait, o.detector) == (run_id, judge, trait, detector)), None
-        )
+        return next((o for o in self.onsets if (o.run_id, o.judge, o.trait, o.detector) == (run_id, judge, trait, detector)), None)
 
 
 def build_detectors(spec: StudySpec) -> list[Detector]:
@@ -103,14 +101,36 @@ def _summary_rows(
     return out
 
 
-def analyze(store: Store, spec: StudySpec, settings_hash: str, *, rows: Sequence[ScoreRow] | None = None) -> StudyAnalysis:
-    """Compute every curve, onset, lead and agreement figure from the store."""
+def _scores(store: Store, spec: StudySpec, settings_hash: str, rows: Iterable[ScoreRow] | ScoreColumns | None) -> ScoreColumns:
+    """The study's scores as columns, the combined judge (if configured) appended.
+
+    Why columns: a paper-scale study has millions of scores; read as ``ScoreRow`` objects
+    they alone would exceed the analysis' memory budget (see ``Store.score_columns``).
+    """
+    if rows is None:
+        cols = store.score_columns(settings_hash=settings_hash)
+    else:
+        cols = rows if isinstance(rows, ScoreColumns) else ScoreColumns.from_rows(rows)
+    mode = spec.analysis.combine_judges
+    if not mode:
+        return cols
+    llm = [j.name for j in spec.judges if j.kind != "check"]
+    parts = [cols, combine_judges(cols, llm, mode)]
+    del cols  # so that joining can release the store's columns field by field
+    return ScoreColumns.concat_consuming(parts)
+
+
+def analyze(store: Store, spec: StudySpec, settings_hash: str, *, rows: Iterable[ScoreRow] | ScoreColumns | None = None) -> StudyAnalysis:
+    """Compute every curve, onset, lead and agreement figure from the store (or from ``rows``,
+    scores a caller already holds, as ``ScoreRow`` objects or ``ScoreColumns``)."""
     a = spec.analysis
-    rows = list(store.scores(settings_hash=settings_hash)) if rows is None else list(rows)
-    if a.combine_judges:
-        llm = [j.name for j in spec.judges if j.kind != "check"]
-        rows += combine_judges(rows, llm, a.combine_judges)
-    samples: dict[tuple[str, str, str], TraitSamples] = arrange(rows)
+    cols = _scores(store, spec, settings_hash, rows)
+    # Agreement first and the columns dropped after arrange: at paper scale each of these
+    # holds a few hundred MB of temporaries, and none needs the others' results.
+    agreement = judge_agreement(cols)
+    disagree = disagreements(cols.select(~cols.mask("judge", lambda j: j.startswith("combined-"))))
+    samples: dict[tuple[str, str, str], TraitSamples] = arrange(cols)
+    del cols
     units = {u for ts in samples.values() for u in ts.units}
     n_samples = max((ts.X.shape[2] for ts in samples.values()), default=1)
     boot = SharedBootstrap(units, n_samples, a.bootstrap, a.seed)
@@ -156,7 +176,7 @@ def analyze(store: Store, spec: StudySpec, settings_hash: str, *, rows: Sequence
         curves=curves,
         onsets=onsets,
         leads=leads,
-        agreement=judge_agreement(rows),
+        agreement=agreement,
         runs=runs,
         checkpoints=checkpoints,
         summary=_summary_rows(curves, onsets, runs, checkpoints),
@@ -165,7 +185,7 @@ def analyze(store: Store, spec: StudySpec, settings_hash: str, *, rows: Sequence
         seed_leads=seed_leads,
         order_tests=order_tests(leads, runs),
         domains=domain_table(curves, runs),
-        disagreements=disagreements([r for r in rows if not r.judge.startswith("combined-")]),
+        disagreements=disagree,
         order_by_judge=order_by_judge(leads),
     )
 
@@ -174,9 +194,9 @@ def order_by_judge(leads: Sequence[LeadResult]) -> list[dict[str, Any]]:
     """Per run and trait pair: the consensus lead under each judge, and whether the order holds
     under every judge that found both onsets."""
     groups: dict[tuple[str, str, str], dict[str, int | None]] = {}
-    for l in leads:
-        if l.detector == "consensus":
-            groups.setdefault((l.run_id, l.leader, l.follower), {})[l.judge] = l.lead_steps
+    for lead in leads:
+        if lead.detector == "consensus":
+            groups.setdefault((lead.run_id, lead.leader, lead.follower), {})[lead.judge] = lead.lead_steps
     out = []
     for (run, a, b), per in sorted(groups.items()):
         defined = [v for v in per.values() if v is not None]
@@ -205,14 +225,13 @@ def _write(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-def write_csvs(analysis: StudyAnalysis, folder: Path) -> list[Path]:
-    """curves, onsets, leads, summary, agreement, checkpoints, seed_onsets, seed_leads,
-    order_tests and domains, one CSV each."""
-    curve_rows = []
+def curve_rows(analysis: StudyAnalysis) -> list[dict[str, Any]]:
+    """One row per (run, judge, trait, step): mean, standard error, CI and answers counted."""
+    rows = []
     for tc in analysis.curves:
         c = tc.curve
         for i in range(len(c)):
-            curve_rows.append(
+            rows.append(
                 {
                     "run_id": tc.run_id,
                     "judge": tc.judge,
@@ -225,12 +244,16 @@ def write_csvs(analysis: StudyAnalysis, folder: Path) -> list[Path]:
                     "n": None if c.n is None else int(c.n[i]),
                 }
             )
-    onset_rows = [
-        {k: v for k, v in asdict(o).items() if k != "evidence"} | {"evidence": o.evidence} for o in analysis.onsets
-    ]
+    return rows
+
+
+def write_csvs(analysis: StudyAnalysis, folder: Path) -> list[Path]:
+    """curves, onsets, leads, summary, agreement, checkpoints, seed_onsets, seed_leads,
+    order_tests and domains, one CSV each."""
+    onset_rows = [{k: v for k, v in asdict(o).items() if k != "evidence"} | {"evidence": o.evidence} for o in analysis.onsets]
     ck_rows = [asdict(c) for rows in analysis.checkpoints.values() for c in rows]
     return [
-        _write(folder / "curves.csv", curve_rows),
+        _write(folder / "curves.csv", curve_rows(analysis)),
         _write(folder / "onsets.csv", onset_rows),
         _write(folder / "leads.csv", [asdict(x) for x in analysis.leads]),
         _write(folder / "summary.csv", analysis.summary),

@@ -1,7 +1,7 @@
 """The study store: one SQLite file holding every result of a study, with provenance.
 
 Why SQLite: one file to copy, atomic transactions (a crash leaves the last committed state),
-WAL so a reader (``traitwatch watch``, the report) never blocks the writer, and SQL for the
+WAL so a reader (a live monitor, the report) never blocks the writer, and SQL for the
 joins the analysis needs. Each stage writes in small transactions so a ``kill -9`` loses at
 most the batch in flight. Keys are content hashes (see ``_keys``): work is skipped exactly
 when its inputs are unchanged.
@@ -14,6 +14,12 @@ Tables:
   scores       links a generation to its judgment for (judge name, trait)
   alarms       onsets raised by the live monitor
   meta         study-level facts (schema version, spec, model description)
+
+Rows are written and read by column name, never by position: every INSERT names its columns
+and every read builds its dataclass from named columns. The column lists come from one place
+per table (the row dataclass's fields plus the stored-only columns, see ``_Table``), so a
+column added to the schema, or a dataclass field reordered, cannot silently shift values into
+the wrong column.
 """
 
 from __future__ import annotations
@@ -24,11 +30,13 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from traitwatch.errors import StoreError
+
+from ._columns import ScoreColumns, ScoreColumnsBuilder, ScoreRow
 
 SCHEMA_VERSION = 1
 
@@ -113,7 +121,7 @@ CREATE TABLE IF NOT EXISTS alarms (
 """
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CheckpointRow:
     run_id: str
     step: int
@@ -126,7 +134,7 @@ class CheckpointRow:
     elapsed_s: float | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GenerationRow:
     gen_key: str
     run_id: str
@@ -142,7 +150,7 @@ class GenerationRow:
     settings_hash: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class JudgmentRow:
     judgment_key: str
     judge: str
@@ -159,18 +167,99 @@ class JudgmentRow:
     cost_usd: float = 0.0
 
 
-@dataclass(frozen=True)
-class ScoreRow:
-    """One judged answer, joined for analysis."""
+_R = TypeVar("_R")
 
-    run_id: str
-    step: int
-    suite: str
-    question_id: str
-    sample: int
-    judge: str
-    trait: str
-    score: float | None
+
+class _Table(Generic[_R]):
+    """One table's columns, from one place: the row dataclass's fields plus stored-only columns.
+
+    ``fields`` are the dataclass's fields in its order; ``extra`` are columns the store fills in
+    itself (``created_at``), written after the fields. JSON columns are encoded and decoded by name.
+    """
+
+    def __init__(self, name: str, row_type: type[_R], *, extra: tuple[str, ...] = (), json_columns: tuple[str, ...] = ()) -> None:
+        self.name = name
+        self.row_type = row_type
+        self.fields: tuple[str, ...] = tuple(f.name for f in fields(row_type))  # type: ignore[arg-type]
+        self.extra = extra
+        self.columns = self.fields + extra
+        self.json_columns = frozenset(json_columns)
+        assert self.json_columns <= set(self.fields), (name, json_columns)
+
+    def insert_sql(self, conflict: str) -> str:
+        """``INSERT OR <conflict> INTO table (col, ...) VALUES (?, ...)`` over ``columns``."""
+        assert conflict in ("IGNORE", "REPLACE")
+        return _insert_sql(f"INSERT OR {conflict}", self.name, self.columns)
+
+    def select_sql(self) -> str:
+        return f"SELECT {', '.join(self.fields)} FROM {self.name}"
+
+    def values(self, row: _R, *extra: Any) -> tuple[Any, ...]:
+        """The parameters for ``insert_sql``: the row's fields by name, then ``extra`` in ``self.extra`` order."""
+        assert len(extra) == len(self.extra), (self.name, extra)
+        js = self.json_columns
+        return tuple(json.dumps(getattr(row, n)) if n in js else getattr(row, n) for n in self.fields) + extra
+
+    def decode(self, r: sqlite3.Row) -> _R:
+        """Build the row dataclass from a ``sqlite3.Row`` by column name."""
+        js = self.json_columns
+        return self.row_type(**{n: json.loads(r[n]) if n in js else r[n] for n in self.fields})
+
+
+_CHECKPOINTS = _Table("checkpoints", CheckpointRow, extra=("created_at",))
+_GENERATIONS = _Table("generations", GenerationRow, extra=("created_at",), json_columns=("probes",))
+_JUDGMENTS = _Table("judgments", JudgmentRow, extra=("created_at",), json_columns=("raw",))
+
+# Tables without a row dataclass: their column lists, in one place each.
+_RUN_COLUMNS = (
+    "run_id", "fingerprint", "domain", "level", "seed", "model", "dataset_sha",
+    "n_train", "n_heldout", "total_steps", "status", "info",
+)  # fmt: skip
+_RUN_UPSERT_COLUMNS = tuple(c for c in _RUN_COLUMNS if c != "status")  # status is set by set_run_status
+_RUN_UPDATE_ON_CONFLICT = ("n_train", "n_heldout", "total_steps", "info")
+_LINK_COLUMNS = ("gen_key", "judge", "trait", "judgment_key")  # the order of add_judgments' link tuples
+_ALARM_COLUMNS = ("run_id", "step", "judge", "trait", "detector", "message", "created_at")
+
+# Where each ScoreRow / answer_scores field comes from in the generations-scores-judgments(-runs) join.
+_SCORE_SOURCES = {
+    "run_id": "g.run_id",
+    "domain": "r.domain",
+    "level": "r.level",
+    "seed": "r.seed",
+    "step": "g.step",
+    "suite": "g.suite",
+    "question_id": "g.question_id",
+    "sample": "g.sample",
+    "judge": "s.judge",
+    "trait": "s.trait",
+    "score": "j.score",
+    "answer": "g.answer",
+}
+_SCORE_FIELDS = tuple(f.name for f in fields(ScoreRow))
+_ANSWER_SCORE_KEYS = (
+    "run_id", "domain", "level", "seed", "step", "trait", "suite", "question_id", "sample", "judge", "score", "answer",
+)  # fmt: skip
+
+
+def _score_sql(names: Sequence[str], *, with_runs: bool) -> str:
+    """The scores join, selecting ``names`` (each aliased to its own name) for one settings hash."""
+    select = ", ".join(f"{_SCORE_SOURCES[n]} AS {n}" for n in names)
+    runs = " LEFT JOIN runs r ON r.run_id=g.run_id" if with_runs else ""
+    return (
+        f"SELECT {select} FROM generations g JOIN scores s ON s.gen_key=g.gen_key"
+        f" JOIN judgments j ON j.judgment_key=s.judgment_key{runs}"
+        " WHERE g.settings_hash=? ORDER BY g.run_id, s.judge, s.trait, g.step, g.question_id, g.sample"
+    )
+
+
+# Built at import, so a ScoreRow field with no source above fails at once, not mid-study.
+_SCORES_SQL = _score_sql(_SCORE_FIELDS, with_runs=False)
+_ANSWER_SCORES_SQL = _score_sql(_ANSWER_SCORE_KEYS, with_runs=True)
+
+
+def _insert_sql(verb: str, table: str, columns: Sequence[str]) -> str:
+    """``<verb> INTO table (col, ...) VALUES (?, ...)``: always with an explicit column list."""
+    return f"{verb} INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
 
 
 class Store:
@@ -210,7 +299,7 @@ class Store:
     def close(self) -> None:
         self.conn.close()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -228,7 +317,7 @@ class Store:
 
     def get_meta(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+        return None if row is None else str(row["value"])
 
     def set_meta(self, key: str, value: str) -> None:
         with self.transaction() as c:
@@ -252,19 +341,30 @@ class Store:
     ) -> None:
         """Record a run; a run id already stored with another fingerprint is an error."""
         row = self.conn.execute("SELECT fingerprint FROM runs WHERE run_id=?", (run_id,)).fetchone()
-        if row is not None and row[0] != fingerprint:
+        if row is not None and row["fingerprint"] != fingerprint:
             raise StoreError(
                 f"run '{run_id}' is stored with different settings (model, data, LoRA or training changed)",
                 where=str(self.path),
                 fix="use a new output_dir for the changed study, or delete the old one",
             )
+        values = {
+            "run_id": run_id,
+            "fingerprint": fingerprint,
+            "domain": domain,
+            "level": level,
+            "seed": seed,
+            "model": model,
+            "dataset_sha": dataset_sha,
+            "n_train": n_train,
+            "n_heldout": n_heldout,
+            "total_steps": total_steps,
+            "info": json.dumps(info),
+        }
+        update = ", ".join(f"{col}=excluded.{col}" for col in _RUN_UPDATE_ON_CONFLICT)
         with self.transaction() as c:
             c.execute(
-                "INSERT INTO runs(run_id, fingerprint, domain, level, seed, model, dataset_sha, n_train, n_heldout,"
-                " total_steps, info) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(run_id) DO UPDATE SET"
-                " n_train=excluded.n_train, n_heldout=excluded.n_heldout, total_steps=excluded.total_steps,"
-                " info=excluded.info",
-                (run_id, fingerprint, domain, level, seed, model, dataset_sha, n_train, n_heldout, total_steps, json.dumps(info)),
+                _insert_sql("INSERT", "runs", _RUN_UPSERT_COLUMNS) + f" ON CONFLICT(run_id) DO UPDATE SET {update}",
+                tuple(values[col] for col in _RUN_UPSERT_COLUMNS),
             )
 
     def set_run_status(self, run_id: str, status: str) -> None:
@@ -272,26 +372,12 @@ class Store:
             c.execute("UPDATE runs SET status=? WHERE run_id=?", (status, run_id))
 
     def runs(self) -> list[dict[str, Any]]:
-        rows = self.conn.execute("SELECT * FROM runs ORDER BY domain, level, seed").fetchall()
-        return [dict(r) | {"info": json.loads(r["info"])} for r in rows]
+        rows = self.conn.execute(f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs ORDER BY domain, level, seed").fetchall()
+        return [{col: json.loads(r[col]) if col == "info" else r[col] for col in _RUN_COLUMNS} for r in rows]
 
     def add_checkpoint(self, row: CheckpointRow) -> None:
         with self.transaction() as c:
-            c.execute(
-                "INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (
-                    row.run_id,
-                    row.step,
-                    row.path,
-                    row.adapter_sha,
-                    row.train_loss,
-                    row.heldout_loss,
-                    row.learning_rate,
-                    row.tokens_seen,
-                    row.elapsed_s,
-                    time.time(),
-                ),
-            )
+            c.execute(_CHECKPOINTS.insert_sql("REPLACE"), _CHECKPOINTS.values(row, time.time()))
 
     def delete_checkpoint(self, run_id: str, step: int) -> None:
         """Forget a checkpoint (its folder was found damaged and will be redone)."""
@@ -299,13 +385,18 @@ class Store:
             c.execute("DELETE FROM checkpoints WHERE run_id=? AND step=?", (run_id, step))
 
     def checkpoints(self, run_id: str | None = None) -> list[CheckpointRow]:
-        sql = "SELECT run_id, step, path, adapter_sha, train_loss, heldout_loss, learning_rate, tokens_seen, elapsed_s FROM checkpoints"
+        sql = _CHECKPOINTS.select_sql()
         args: tuple[Any, ...] = ()
         if run_id is not None:
             sql += " WHERE run_id=?"
             args = (run_id,)
         sql += " ORDER BY run_id, step"
-        return [CheckpointRow(*r) for r in self.conn.execute(sql, args).fetchall()]
+        return [_CHECKPOINTS.decode(r) for r in self.conn.execute(sql, args).fetchall()]
+
+    def checkpoint_exists(self, run_id: str, step: int) -> bool:
+        """Whether a checkpoint is stored for (run, step)."""
+        row = self.conn.execute("SELECT 1 FROM checkpoints WHERE run_id=? AND step=?", (run_id, step)).fetchone()
+        return row is not None
 
     # -- generations ------------------------------------------------------------------------
     def existing(self, table: str, key_column: str, keys: Sequence[str]) -> set[str]:
@@ -315,40 +406,19 @@ class Store:
         for i in range(0, len(keys), 500):
             chunk = list(keys[i : i + 500])
             marks = ",".join("?" * len(chunk))
-            found.update(r[0] for r in self.conn.execute(f"SELECT {key_column} FROM {table} WHERE {key_column} IN ({marks})", chunk))
+            found.update(
+                r[key_column] for r in self.conn.execute(f"SELECT {key_column} FROM {table} WHERE {key_column} IN ({marks})", chunk)
+            )
         return found
 
     def add_generations(self, rows: Iterable[GenerationRow]) -> int:
         now = time.time()
         with self.transaction() as c:
-            cur = c.executemany(
-                "INSERT OR IGNORE INTO generations VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        r.gen_key,
-                        r.run_id,
-                        r.step,
-                        r.suite,
-                        r.question_id,
-                        r.sample,
-                        r.question,
-                        r.answer,
-                        r.n_tokens,
-                        r.finish,
-                        json.dumps(r.probes),
-                        r.settings_hash,
-                        now,
-                    )
-                    for r in rows
-                ],
-            )
+            cur = c.executemany(_GENERATIONS.insert_sql("IGNORE"), [_GENERATIONS.values(r, now) for r in rows])
             return cur.rowcount
 
     def generations(self, *, settings_hash: str | None = None, run_id: str | None = None) -> list[GenerationRow]:
-        sql = (
-            "SELECT gen_key, run_id, step, suite, question_id, sample, question, answer, n_tokens, finish, probes,"
-            " settings_hash FROM generations WHERE 1=1"
-        )
+        sql = _GENERATIONS.select_sql() + " WHERE 1=1"
         args: list[Any] = []
         if settings_hash is not None:
             sql += " AND settings_hash=?"
@@ -357,105 +427,120 @@ class Store:
             sql += " AND run_id=?"
             args.append(run_id)
         sql += " ORDER BY run_id, step, suite, question_id, sample"
-        out = []
-        for r in self.conn.execute(sql, args):
-            vals = list(r)
-            vals[10] = json.loads(vals[10])
-            out.append(GenerationRow(*vals))
-        return out
+        return [_GENERATIONS.decode(r) for r in self.conn.execute(sql, args)]
 
     # -- judgments --------------------------------------------------------------------------
     def linked(self, judge: str) -> dict[tuple[str, str], str]:
         """(gen_key, trait) -> judgment_key already linked for ``judge``."""
         rows = self.conn.execute("SELECT gen_key, trait, judgment_key FROM scores WHERE judge=?", (judge,))
-        return {(r[0], r[1]): r[2] for r in rows}
+        return {(r["gen_key"], r["trait"]): r["judgment_key"] for r in rows}
 
     def add_judgments(self, judgments: Sequence[JudgmentRow], links: Sequence[tuple[str, str, str, str]]) -> None:
         """Store judgments and their (gen_key, judge, trait, judgment_key) links in one transaction."""
         now = time.time()
         with self.transaction() as c:
-            c.executemany(
-                "INSERT OR IGNORE INTO judgments VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        j.judgment_key,
-                        j.judge,
-                        j.judge_identity,
-                        j.trait,
-                        j.scoring_hash,
-                        j.prompt_hash,
-                        j.score,
-                        j.reason,
-                        j.method,
-                        json.dumps(j.raw),
-                        j.input_tokens,
-                        j.output_tokens,
-                        j.cost_usd,
-                        now,
-                    )
-                    for j in judgments
-                ],
-            )
-            c.executemany("INSERT OR REPLACE INTO scores VALUES (?,?,?,?)", links)
+            c.executemany(_JUDGMENTS.insert_sql("IGNORE"), [_JUDGMENTS.values(j, now) for j in judgments])
+            c.executemany(_insert_sql("INSERT OR REPLACE", "scores", _LINK_COLUMNS), links)
 
     def judgments(self, keys: Sequence[str] | None = None) -> list[JudgmentRow]:
-        sql = (
-            "SELECT judgment_key, judge, judge_identity, trait, scoring_hash, prompt_hash, score, reason, method, raw,"
-            " input_tokens, output_tokens, cost_usd FROM judgments"
-        )
-        rows: list[Any] = []
+        sql = _JUDGMENTS.select_sql()
+        rows: list[sqlite3.Row] = []
         if keys is None:
             rows = self.conn.execute(sql).fetchall()
         else:
             for i in range(0, len(keys), 500):
                 chunk = list(keys[i : i + 500])
                 rows += self.conn.execute(sql + f" WHERE judgment_key IN ({','.join('?' * len(chunk))})", chunk).fetchall()
-        out = []
-        for r in rows:
-            vals = list(r)
-            vals[9] = json.loads(vals[9])
-            out.append(JudgmentRow(*vals))
-        return out
+        return [_JUDGMENTS.decode(r) for r in rows]
 
-    def copy_judgments(self, keys: Sequence[str], source: "Store") -> set[str]:
-        """Copy the judgments with these keys from ``source`` (a shared cache); returns the keys copied."""
+    def copy_judgments(self, keys: Sequence[str], source: Store) -> set[str]:
+        """Copy the judgments with these keys from ``source`` (a shared cache); returns the keys copied.
+
+        The copies record no tokens and no cost: this study did not pay for them.
+        """
         rows = source.judgments(keys)
         if rows:
+            now = time.time()
             with self.transaction() as c:
                 c.executemany(
-                    "INSERT OR IGNORE INTO judgments VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    [(j.judgment_key, j.judge, j.judge_identity, j.trait, j.scoring_hash, j.prompt_hash, j.score, j.reason,
-                      j.method, json.dumps(j.raw), 0, 0, 0.0, time.time()) for j in rows],
+                    _JUDGMENTS.insert_sql("IGNORE"),
+                    [_JUDGMENTS.values(replace(j, input_tokens=0, output_tokens=0, cost_usd=0.0), now) for j in rows],
                 )
         return {j.judgment_key for j in rows}
 
     def spend(self) -> dict[str, dict[str, float]]:
         """Tokens and cost per judge over the whole store."""
         rows = self.conn.execute(
-            "SELECT judge, COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cost_usd) FROM judgments GROUP BY judge"
+            "SELECT judge, COUNT(*) AS judgments, SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens,"
+            " SUM(cost_usd) AS cost_usd FROM judgments GROUP BY judge"
         )
-        return {r[0]: {"judgments": r[1], "input_tokens": r[2] or 0, "output_tokens": r[3] or 0, "cost_usd": r[4] or 0.0} for r in rows}
+        return {
+            r["judge"]: {
+                "judgments": r["judgments"],
+                "input_tokens": r["input_tokens"] or 0,
+                "output_tokens": r["output_tokens"] or 0,
+                "cost_usd": r["cost_usd"] or 0.0,
+            }
+            for r in rows
+        }
 
     def scores(self, *, settings_hash: str) -> list[ScoreRow]:
         """Every current score: generations of these settings joined to their linked judgments."""
-        sql = (
-            "SELECT g.run_id, g.step, g.suite, g.question_id, g.sample, s.judge, s.trait, j.score"
-            " FROM generations g JOIN scores s ON s.gen_key=g.gen_key JOIN judgments j ON j.judgment_key=s.judgment_key"
-            " WHERE g.settings_hash=? ORDER BY g.run_id, s.judge, s.trait, g.step, g.question_id, g.sample"
-        )
-        return [ScoreRow(*r) for r in self.conn.execute(sql, (settings_hash,))]
+        names = _SCORE_FIELDS
+        return [ScoreRow(**{n: r[n] for n in names}) for r in self.conn.execute(_SCORES_SQL, (settings_hash,))]
+
+    def score_columns(self, *, settings_hash: str, batch_size: int = 1 << 16) -> ScoreColumns:
+        """The rows of ``scores``, in the same order, as compact columns (see ``ScoreColumns``).
+
+        Why: the analysis of a paper-scale study reads millions of scores; as ``ScoreRow``
+        objects (plus a new ``str`` per text field per row from sqlite3) they alone exceed the
+        memory budget. Here the cursor yields plain tuples in batches of ``batch_size``, and
+        each batch is turned into numpy chunks at once (equal strings shared, None scores NaN),
+        so only one batch of per-row objects exists at a time. Columns are found by name (the
+        cursor's description), like every other read of this store.
+        """
+        cur = self.conn.cursor()
+        cur.row_factory = None  # tuples, not sqlite3.Row: no per-row wrapper object
+        try:
+            cur.execute(_SCORES_SQL, (settings_hash,))
+            builder = ScoreColumnsBuilder([d[0] for d in cur.description])
+            while batch := cur.fetchmany(batch_size):
+                builder.add(batch)
+        finally:
+            cur.close()
+        return builder.build()
+
+    def answer_scores(self, *, settings_hash: str) -> list[dict[str, Any]]:
+        """Every current score with its run's design and the answer text, one dict per score link.
+
+        The same rows, in the same order, as ``scores``: one per (generation, judge, trait) link
+        for generations of these settings, ordered by run_id, judge, trait, step, question_id,
+        sample. Keys: run_id, domain, level, seed, step, trait, suite, question_id, sample, judge,
+        score, answer. ``domain``, ``level`` and ``seed`` are None for a generation whose run is
+        not in ``runs`` (a store always records the run first).
+        """
+        names = _ANSWER_SCORE_KEYS
+        return [{n: r[n] for n in names} for r in self.conn.execute(_ANSWER_SCORES_SQL, (settings_hash,))]
 
     # -- alarms -----------------------------------------------------------------------------
     def add_alarm(self, run_id: str, step: int, judge: str, trait: str, detector: str, message: str) -> bool:
         """Record an alarm; returns False when this (run, judge, trait, detector) already fired."""
+        values = {
+            "run_id": run_id,
+            "step": step,
+            "judge": judge,
+            "trait": trait,
+            "detector": detector,
+            "message": message,
+            "created_at": time.time(),
+        }
         with self.transaction() as c:
-            cur = c.execute(
-                "INSERT OR IGNORE INTO alarms VALUES (?,?,?,?,?,?,?)", (run_id, step, judge, trait, detector, message, time.time())
-            )
+            cur = c.execute(_insert_sql("INSERT OR IGNORE", "alarms", _ALARM_COLUMNS), tuple(values[col] for col in _ALARM_COLUMNS))
             return cur.rowcount > 0
 
     def alarms(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in self.conn.execute("SELECT * FROM alarms ORDER BY created_at")]
+        sql = f"SELECT {', '.join(_ALARM_COLUMNS)} FROM alarms ORDER BY created_at"
+        return [{col: r[col] for col in _ALARM_COLUMNS} for r in self.conn.execute(sql)]
 
     # -- export -----------------------------------------------------------------------------
     def export(self, folder: str | Path, fmt: str = "csv") -> list[Path]:
@@ -476,7 +561,7 @@ class Store:
                         "Parquet export needs pyarrow", where="export", fix="pip install 'traitwatch[parquet]' or use --format csv"
                     ) from None
                 path = folder / f"{table}.parquet"
-                pq.write_table(pa.table({c: [r[i] for r in rows] for i, c in enumerate(cols)}), path)
+                pq.write_table(pa.table({c: [r[c] for r in rows] for c in cols}), path)
             else:
                 path = folder / f"{table}.csv"
                 with path.open("w", newline="", encoding="utf-8") as fh:

@@ -27,7 +27,7 @@ class StudyLock:
         self.path = Path(folder) / ".traitwatch.lock"
         self._fh: object | None = None
 
-    def __enter__(self) -> "StudyLock":
+    def __enter__(self) -> StudyLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fh = open(self.path, "a+", encoding="utf-8")
@@ -69,12 +69,10 @@ class StudyLock:
         self._fh = fh
         return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if self._fh is not None:
             fh = self._fh
             fh.truncate(0)  # type: ignore[attr-defined]
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            fcntl.flock(fh, fcntl.LOCK_UN)  # type: ignore[arg-type]
             fh.close()  # type: ignore[attr-defined]
             self._fh = None
