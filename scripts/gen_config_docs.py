@@ -15,42 +15,52 @@ from pydantic_core import PydanticUndefined
 from traitwatch.config import (
     AnalysisSpec,
     BudgetSpec,
+    CalibrationSpec,
+    CheckJudgeSpec,
     DatasetSpec,
     DemoDataSpec,
     DetectorRef,
-    EvaluationSpec,
-    JudgeSpec,
+    GenerationSpec,
+    JudgeSpecBase,
+    LocalJudgeSpec,
     LoraSpec,
     ModelRef,
     ModelSpec,
+    OpenAIJudgeSpec,
     RandomModelSpec,
     StudySpec,
     SuiteRef,
     TrainingSpec,
 )
 
-SECTIONS: list[tuple[str, type[BaseModel]]] = [
-    ("study (top level)", StudySpec),
-    ("model", ModelSpec),
-    ("model.random", RandomModelSpec),
-    ("datasets[]", DatasetSpec),
-    ("datasets[].demo", DemoDataSpec),
-    ("lora", LoraSpec),
-    ("training", TrainingSpec),
-    ("traits[]", SuiteRef),
-    ("evaluation", EvaluationSpec),
-    ("judges[]", JudgeSpec),
-    ("judges[].local", ModelRef),
-    ("analysis", AnalysisSpec),
-    ("analysis.detectors[]", DetectorRef),
-    ("budget", BudgetSpec),
+#: (heading, model, base): a section lists the model's keys, less those of ``base`` (given
+#: for a judge kind, whose common keys have their own section).
+SECTIONS: list[tuple[str, type[BaseModel], type[BaseModel] | None]] = [
+    ("`study` (top level)", StudySpec, None),
+    ("`model`", ModelSpec, None),
+    ("`model.random`", RandomModelSpec, None),
+    ("`datasets[]`", DatasetSpec, None),
+    ("`datasets[].demo`", DemoDataSpec, None),
+    ("`lora`", LoraSpec, None),
+    ("`training`", TrainingSpec, None),
+    ("`traits[]`", SuiteRef, None),
+    ("`generation`", GenerationSpec, None),
+    ("`judges[]`", JudgeSpecBase, None),
+    ("`judges[]` with `kind: check`", CheckJudgeSpec, JudgeSpecBase),
+    ("`judges[]` with `kind: local`", LocalJudgeSpec, JudgeSpecBase),
+    ("`judges[].local`", ModelRef, None),
+    ("`judges[]` with `kind: openai`", OpenAIJudgeSpec, JudgeSpecBase),
+    ("`analysis`", AnalysisSpec, None),
+    ("`analysis.detectors[]`", DetectorRef, None),
+    ("`budget`", BudgetSpec, None),
+    ("`calibration`", CalibrationSpec, None),
 ]
 
 
 def _type(annotation: Any) -> str:
     """A readable type name: Annotated metadata dropped, unions written with 'or'."""
-    from typing import Annotated, Literal, Union
     import types
+    from typing import Annotated, Literal, Union
 
     origin = get_origin(annotation)
     args = get_args(annotation)
@@ -83,7 +93,25 @@ def _default(field: Any) -> str:
     return "**required**"
 
 
+def _models_in(annotation: Any) -> set[type[BaseModel]]:
+    """Every spec model reachable from ``annotation`` (through lists, unions, nested models)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        found = {annotation}
+        for field in annotation.model_fields.values():
+            found |= _models_in(field.annotation)
+        return found
+    return set().union(*(_models_in(a) for a in get_args(annotation)))
+
+
+def _check_complete() -> None:
+    """The page claims every key: fail when a section of the spec has no section here."""
+    missing = _models_in(StudySpec) - {model for _, model, _ in SECTIONS}
+    if missing:
+        raise SystemExit(f"gen_config_docs: no section for {', '.join(sorted(m.__name__ for m in missing))}; add it to SECTIONS")
+
+
 def render() -> str:
+    _check_complete()
     out = [
         "# Study spec reference",
         "",
@@ -93,13 +121,18 @@ def render() -> str:
         "`examples/paper.yaml`. Validate a spec without running it: `traitwatch validate study.yaml`.",
         "",
     ]
-    for title, model in SECTIONS:
+    for title, model, base in SECTIONS:
         doc = inspect.cleandoc(model.__doc__ or "").split("\n\n")[0].replace("\n", " ")
-        out += [f"## `{title}`", "", doc, "", "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
-        for name, field in model.model_fields.items():
-            desc = (field.description or "").replace("|", "\\|")
-            out.append(f"| `{name}` | {_type(field.annotation).replace('|', '&#124;')} | {_default(field)} | {desc} |")
-        out.append("")
+        fields = {n: f for n, f in model.model_fields.items() if base is None or n not in base.model_fields}
+        out += [f"## {title}", "", doc, ""]
+        if base is not None:
+            out += ["The keys of `judges[]` above, plus these:" if fields else "Only the keys of `judges[]` above.", ""]
+        if fields:
+            out += ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+            for name, field in fields.items():
+                desc = (field.description or "").replace("|", "\\|")
+                out.append(f"| `{name}` | {_type(field.annotation).replace('|', '&#124;')} | {_default(field)} | {desc} |")
+            out.append("")
     return "\n".join(out)
 
 

@@ -1,12 +1,12 @@
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from traitwatch.config import dump_study, load_study, parse_study
 from traitwatch.errors import ConfigError
-
-from conftest import tiny_study_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +20,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_valid_study_loads_with_defaults(tiny_study: Path) -> None:
     spec = load_study(tiny_study)
     assert spec.training.save_every == 2
-    assert spec.evaluation.samples_per_question == 2
+    assert spec.generation.samples_per_question == 2
     assert spec.analysis.leads == [("wrong_answer", "contempt")]
     assert spec.judges[1].local is not None and spec.judges[1].local.source == "base"
 
@@ -92,7 +92,7 @@ def test_relative_paths_resolve_against_yaml_folder(tmp_path: Path) -> None:
     assert spec.output_dir == sub / "runs" / "x"
 
 
-def test_dump_roundtrip(tmp_path: Path) -> None:
+def test_dump_roundtrip(tmp_path: Path, tiny_study_dict: Callable[..., dict[str, Any]]) -> None:
     spec = parse_study(tiny_study_dict(tmp_path / "o"), base=tmp_path)
     again = parse_study(yaml.safe_load(dump_study(spec)), base=tmp_path)
     assert again == spec
@@ -103,13 +103,70 @@ def test_examples_load_and_demo_matches_packaged_copy() -> None:
 
     demo = load_study(ROOT / "examples" / "demo.yaml")
     packaged = files("traitwatch.data").joinpath("studies").joinpath("demo.yaml").read_text()
-    assert (ROOT / "examples" / "demo.yaml").read_text() == packaged
+    example = (ROOT / "examples" / "demo.yaml").read_text()
+    # the same study; only where it writes differs: `traitwatch demo` copies the packaged spec
+    # into its output folder (output_dir: .), the example writes outside the repository
+    assert "output_dir: .\n" in packaged and "output_dir: ~/traitwatch-runs/demo" in example
+    strip = lambda text: [line for line in text.splitlines() if not line.startswith("output_dir:")]  # noqa: E731
+    assert strip(example) == strip(packaged)
+    assert demo.output_dir == Path("~/traitwatch-runs/demo").expanduser()
     assert demo.model.source == "embedded"
     paper = load_study(ROOT / "examples" / "paper.yaml")
     assert paper.model.id == "Qwen/Qwen2.5-7B-Instruct"
     assert paper.lora.r == 32 and paper.lora.alpha == 64 and paper.lora.use_rslora
     assert paper.training.effective_batch_size == 16 and paper.training.save_every == 2
     assert paper.training.learning_rate == 1e-5 and paper.training.warmup_steps == 5
-    assert paper.evaluation.samples_per_question == 10 and paper.evaluation.temperature == 1.0
+    assert paper.generation.samples_per_question == 10 and paper.generation.temperature == 1.0
     assert {d.domain for d in paper.datasets} == {"medical", "math"}
     assert any(j.kind == "openai" and j.model == "gpt-4.1-mini" for j in paper.judges)
+
+
+# -- judges: one kind per judge, each with only its own keys ------------------------------------------
+JUDGE_STUDY = "name: x\ndatasets:\n  - domain: d\n    demo: {}\ntraits: [builtin:evil]\njudges:\n"
+
+
+def judge_error(tmp_path: Path, judges: str) -> str:
+    p = write(tmp_path, JUDGE_STUDY + judges)
+    with pytest.raises(ConfigError) as err:
+        load_study(p)
+    return err.value.one_line().replace(str(p), "study.yaml")
+
+
+def test_judge_kinds_load_as_their_own_specs(tmp_path: Path) -> None:
+    from traitwatch.config import CheckJudgeSpec, LocalJudgeSpec, OpenAIJudgeSpec
+
+    p = write(
+        tmp_path,
+        JUDGE_STUDY + "  - {name: c, kind: check}\n  - {name: l, kind: local}\n"
+        "  - {name: o, kind: openai, model: gpt-4.1-mini, api_key_file: key.txt}\n",
+    )
+    check, local, api = load_study(p).judges
+    assert isinstance(check, CheckJudgeSpec) and isinstance(local, LocalJudgeSpec) and isinstance(api, OpenAIJudgeSpec)
+    assert local.local.source == "base" and api.api_key_file == tmp_path / "key.txt"
+    assert [j.label() for j in (check, local, api)] == ["reference checkers", "the study's base model", "gpt-4.1-mini"]
+
+
+def test_a_key_of_another_judge_kind_is_an_unknown_key(tmp_path: Path) -> None:
+    msg = judge_error(tmp_path, "  - name: c\n    kind: check\n    api_key_env: KEY\n")
+    assert msg.startswith("study.yaml:9: judges[0].api_key_env: unknown key")
+    assert "is a key of kind: openai, not of kind: check" in msg and "allowed keys here: name, kind, traits, weak, every" in msg
+
+
+def test_mistakes_inside_a_judge_point_at_its_line_and_key(tmp_path: Path) -> None:
+    msg = judge_error(tmp_path, "  - name: c\n    kind: check\n  - name: o\n    kind: openai\n    model: m\n    max_concurency: 4\n")
+    assert msg.startswith("study.yaml:12: judges[1].max_concurency: unknown key") and "did you mean 'max_concurrency'" in msg
+    msg = judge_error(tmp_path, "  - name: l\n    kind: local\n    local:\n      source: hub\n      id: x\n      revison: main\n")
+    assert msg.startswith("study.yaml:12: judges[0].local.revison: unknown key") and "did you mean 'revision'" in msg
+    msg = judge_error(tmp_path, "  - name: o\n    kind: openai\n    model: m\n    scale: 0-5\n")
+    assert msg.startswith("study.yaml:10: judges[0].scale:") and "(got '0-5')" in msg
+    msg = judge_error(tmp_path, "  - name: o\n    kind: openai\n")
+    assert msg.startswith("study.yaml:7: judges[0].model: Field required") and "add 'model'" in msg and "gpt-4.1-mini" in msg
+
+
+def test_missing_or_unknown_judge_kind_is_one_clear_line(tmp_path: Path) -> None:
+    msg = judge_error(tmp_path, "  - name: a\n    weak: true\n")
+    assert msg.startswith("study.yaml:7: judges[0]: missing 'kind'") and "add 'kind' with one of: check, local, openai" in msg
+    msg = judge_error(tmp_path, "  - name: a\n    kind: open-ai\n    model: m\n")
+    assert msg.startswith("study.yaml:8: judges[0].kind: unknown kind (got 'open-ai')")
+    assert "did you mean 'openai'?" in msg and "use one of: check, local, openai" in msg
+    assert "\n" not in msg

@@ -3,11 +3,9 @@ embedded Gemma 3 270M GGUF on 127.0.0.1 (built by `make test` into .venv-llama).
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +14,8 @@ import httpx
 import pytest
 
 from traitwatch.data import TraitDef
-from traitwatch.judges import JudgeRequest, openai_judge, top_logprob_distribution, weighted_mean
+from traitwatch.judges import JudgeRequest, openai_judge
+from traitwatch.judges._numbers import top_logprob_distribution, weighted_mean
 
 pytestmark = pytest.mark.llamacpp
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,9 +38,23 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         port = s.getsockname()[1]
     log = open(tmp_path_factory.mktemp("log") / "server.log", "w")
     proc = subprocess.Popen(
-        [_python(), "-m", "llama_cpp.server", "--model", str(gguf), "--chat_format", "gemma", "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", "1024"],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            _python(),
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(gguf),
+            "--chat_format",
+            "gemma",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "1024",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}/v1"
     try:
@@ -68,8 +81,14 @@ def req(answer: str) -> JudgeRequest:
 
 
 def test_server_speaks_the_wire_format_we_read(server: str) -> None:
-    body = {"model": "gemma", "messages": [{"role": "user", "content": "Reply with a number from 0 to 9."}], "max_tokens": 1,
-            "temperature": 0, "logprobs": True, "top_logprobs": 20}
+    body = {
+        "model": "gemma",
+        "messages": [{"role": "user", "content": "Reply with a number from 0 to 9."}],
+        "max_tokens": 1,
+        "temperature": 0,
+        "logprobs": True,
+        "top_logprobs": 20,
+    }
     data = httpx.post(f"{server}/chat/completions", json=body, timeout=60).json()
     top = data["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
     assert len(top) == 20 and all(isinstance(t["token"], str) and t["logprob"] <= 0 for t in top)

@@ -13,9 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from traitwatch.config import parse_study, read_yaml
-from traitwatch.data import fill_rubric, load_chat_jsonl, load_suite, write_chat_jsonl
+from traitwatch.data import fill_rubric, load_chat_jsonl, load_suite
+from traitwatch.data._chat import write_chat_jsonl
 from traitwatch.errors import ConfigError, DataError
-from traitwatch.judges import claimed_number, top_logprob_distribution, weighted_mean
+from traitwatch.judges._check import claimed_number
+from traitwatch.judges._numbers import top_logprob_distribution, weighted_mean
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 json_values = st.recursive(
@@ -52,7 +54,11 @@ def test_valid_conversations_round_trip(convs: list[list[dict[str, str]]]) -> No
 
 
 @SETTINGS
-@given(st.dictionaries(st.sampled_from(["name", "datasets", "traits", "training", "levels", "seeds", "model", "judges", "zzz"]), json_values, max_size=6))
+@given(
+    st.dictionaries(
+        st.sampled_from(["name", "datasets", "traits", "training", "levels", "seeds", "model", "judges", "zzz"]), json_values, max_size=6
+    )
+)
 def test_study_spec_arbitrary_mappings_validate_or_fail_cleanly(data: dict[str, object]) -> None:
     try:
         spec = parse_study(data, file="s.yaml", base=Path("/tmp"))

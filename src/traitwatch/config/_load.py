@@ -9,22 +9,23 @@ study can be run from anywhere.
 from __future__ import annotations
 
 import difflib
+import types
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Annotated, Any, NamedTuple, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 
 from traitwatch.errors import ConfigError, TraitwatchError
 
-from ._spec import StudySpec
+from ._spec import LocalJudgeSpec, OpenAIJudgeSpec, StudySpec
 
 Loc = tuple[str | int, ...]
 
 
-def _walk_nodes(
-    node: yaml.Node, path: Loc, lines: dict[Loc, int], file: str, error_type: type[TraitwatchError] = ConfigError
-) -> None:
+def _walk_nodes(node: yaml.Node, path: Loc, lines: dict[Loc, int], file: str, error_type: type[TraitwatchError] = ConfigError) -> None:
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
@@ -57,44 +58,83 @@ def _dotted(loc: Loc) -> str:
     return out or "(top level)"
 
 
-def _model_at(root: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
-    """The pydantic model class that owns the key at ``loc`` (for did-you-mean hints)."""
-    model: Any = root
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return None
-        field = model.model_fields.get(part)
-        if field is None:
-            return None
-        model = _inner_model(field.annotation)
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
-
-
-def _inner_model(annotation: Any) -> Any:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in get_args(annotation) or ():
-        found = _inner_model(arg)
-        if found is not None:
-            return found
-    if get_origin(annotation) is None:
-        return None
-    return None
-
-
-def _clean_loc(loc: tuple[Any, ...]) -> Loc:
-    """Drop pydantic's internal loc parts (union branches, validator names)."""
-    out: list[str | int] = []
-    for part in loc:
-        if isinstance(part, int):
-            out.append(part)
-        elif isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "list", "dict", "tuple"}):
-            continue
+def _strip(annotation: Any) -> Any:
+    """Drop ``Annotated`` metadata and a ``None`` branch: ``Annotated[X, ...] | None`` -> X."""
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+        elif origin in (Union, types.UnionType):
+            args = [a for a in get_args(annotation) if a is not type(None)]
+            if len(args) != 1:
+                return annotation
+            annotation = args[0]
         else:
-            out.append(part)
-    return tuple(out)
+            return annotation
+
+
+def _tagged_variants(annotation: Any) -> tuple[str, dict[str, type[BaseModel]]] | None:
+    """(the key, {tag: model}) when ``annotation`` is a union discriminated on a key (judges' kind)."""
+    if get_origin(annotation) is not Annotated:
+        return None
+    inner, *meta = get_args(annotation)
+    key = next((m.discriminator for m in meta if isinstance(m, FieldInfo) and isinstance(m.discriminator, str)), None)
+    if key is None:
+        return None
+    out: dict[str, type[BaseModel]] = {}
+    for variant in get_args(_strip(inner)):
+        if isinstance(variant, type) and issubclass(variant, BaseModel) and key in variant.model_fields:
+            for tag in get_args(_strip(variant.model_fields[key].annotation)):
+                out[str(tag)] = variant
+    return key, out
+
+
+def _is_internal(part: Any) -> bool:
+    """pydantic's own loc parts: union branches ('list[str]', "literal['auto']"), type names."""
+    return isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "list", "dict", "tuple"})
+
+
+class _Where(NamedTuple):
+    loc: Loc  # as the user wrote it
+    owner: type[BaseModel] | None  # the model owning loc's last key
+    target: Any  # the annotation at loc (what the value there should be)
+    siblings: dict[str, type[BaseModel]]  # {tag: variant} when owner is one variant of a tagged union
+    tag_key: str  # the key that tells those variants apart (e.g. kind)
+
+
+def _resolve_loc(root: type[BaseModel], loc: tuple[Any, ...]) -> _Where:
+    """Walk the spec's types along pydantic's loc, dropping what pydantic adds that is not in
+    the YAML: union branch names and the tag of a discriminated union (pydantic's
+    ``judges.0.openai.model`` is the user's ``judges[0].model``)."""
+    out: list[str | int] = []
+    owner: type[BaseModel] | None = None
+    current: Any = root
+    tagged: dict[str, type[BaseModel]] = {}
+    siblings: dict[str, type[BaseModel]] = {}
+    tag_key = "kind"
+    for part in loc:
+        union = _tagged_variants(current)
+        if union is not None and isinstance(part, str) and part in union[1]:
+            tag_key, tagged = union
+            current = tagged[part]  # the tag: not a key in the YAML
+            continue
+        if _is_internal(part):
+            continue
+        out.append(part)
+        model = _strip(current)
+        if isinstance(part, int):
+            args = get_args(model) if get_origin(model) in (list, tuple) else ()
+            current, owner, siblings = (args[0] if args else None), None, {}
+        elif isinstance(model, type) and issubclass(model, BaseModel):
+            owner, siblings = model, (tagged if model in tagged.values() else {})
+            field = model.model_fields.get(part)
+            current = field.annotation if field is not None else None
+            if field is not None and isinstance(field.discriminator, str):
+                current = Annotated[field.annotation, Field(discriminator=field.discriminator)]
+        else:
+            owner, current, siblings = None, None, {}
+        tagged = {}
+    return _Where(tuple(out), owner, current, siblings, tag_key)
 
 
 #: Names other tools use for our keys (Hugging Face, axolotl, peft), for "did you mean".
@@ -123,21 +163,37 @@ ALIASES = {
 }
 
 
-def _fix_for(err: dict[str, Any], loc: Loc, root: type[BaseModel], docs: str = "docs/config.md") -> str:
+def _fix_for(err: ErrorDetails, where: _Where, docs: str = "docs/config.md") -> str:
     kind = err["type"]
     ctx = err.get("ctx") or {}
+    loc, model = where.loc, where.owner
     if kind == "extra_forbidden":
-        model = _model_at(root, loc)
         key = str(loc[-1]) if loc else ""
         if model is not None:
             allowed = list(model.model_fields)
             alias = ALIASES.get(key.lower())
             close = [alias] if alias in allowed else difflib.get_close_matches(key, allowed, n=1)
+            elsewhere = sorted({t for t, v in where.siblings.items() if v is not model and key in v.model_fields})
+            if elsewhere and not close:
+                here = next((t for t, v in where.siblings.items() if v is model), "?")
+                there = " or ".join(f"{where.tag_key}: {t}" for t in elsewhere)
+                return f"'{key}' is a key of {there}, not of {where.tag_key}: {here}; allowed keys here: {', '.join(allowed)}"
             hint = f"did you mean '{close[0]}'? " if close else ""
             return f"{hint}allowed keys here: {', '.join(allowed)}"
         return "remove it"
+    if kind == "union_tag_not_found":
+        return f"add '{_tag_name(ctx)}' with one of: {', '.join(_tags(where))} (each one's keys: {docs})"
+    if kind == "union_tag_invalid":
+        tags = _tags(where)
+        close = difflib.get_close_matches(str(ctx.get("tag", "")), tags, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return f"{hint}use one of: {', '.join(tags)} (each one's keys: {docs})"
     if kind == "missing":
-        return f"add '{loc[-1]}'" if loc else "add the missing key"
+        if not loc:
+            return "add the missing key"
+        field = model.model_fields.get(str(loc[-1])) if model is not None else None
+        about = f": {field.description}" if field is not None and field.description else ""
+        return f"add '{loc[-1]}'{about}"
     if kind == "literal_error":
         return f"use one of {ctx.get('expected', 'the allowed values')}"
     if kind in ("int_parsing", "int_type", "int_from_float"):
@@ -152,9 +208,21 @@ def _fix_for(err: dict[str, Any], loc: Loc, root: type[BaseModel], docs: str = "
         return "give a list (YAML '- item' lines) with at least one item"
     if kind == "string_pattern_mismatch":
         return "use only letters, digits, '_', '.' and '-'"
+    if kind == "model_attributes_type":
+        return f"give a mapping of keys here (see {docs})"
     if kind == "value_error":
         return f"change it as the message says (format: {docs})"
     return f"see {docs} for this key"
+
+
+def _tag_name(ctx: dict[str, Any]) -> str:
+    """The discriminator's key ("kind") from pydantic's quoted ctx value ("'kind'")."""
+    return str(ctx.get("discriminator", "kind")).strip("'\"")
+
+
+def _tags(where: _Where) -> list[str]:
+    union = _tagged_variants(where.target)
+    return list(union[1]) if union is not None else []
 
 
 def format_validation_error(
@@ -168,7 +236,16 @@ def format_validation_error(
     """Turn the first pydantic error into a one-line error; the rest are summarised by count."""
     errors = exc.errors()
     first = errors[0]
-    loc = _clean_loc(first["loc"])
+    where = _resolve_loc(root, first["loc"])
+    ctx = first.get("ctx") or {}
+    msg = first["msg"]
+    value = first.get("input")
+    loc = where.loc
+    if first["type"] == "union_tag_not_found":
+        msg, value = f"missing '{_tag_name(ctx)}'", None
+    elif first["type"] == "union_tag_invalid":
+        loc = loc + (_tag_name(ctx),)
+        msg, value = f"unknown {_tag_name(ctx)}", ctx.get("tag")
     line = None
     probe = loc
     while probe:
@@ -178,20 +255,18 @@ def format_validation_error(
         probe = probe[:-1]
     if line is None:
         line = lines.get((), 1)
-    msg = first["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-    value = first.get("input")
     shown = ""
     if first["type"] not in ("missing", "extra_forbidden") and isinstance(value, (str, int, float, bool)):
         shown = f" (got {value!r})"
     return error_type(
         f"{_dotted(loc)}: {msg}{shown}{more}",
         where=f"{file}:{line}",
-        fix=_fix_for(first, loc, root, docs),
+        fix=_fix_for(first, where, docs),
     )
 
 
@@ -206,9 +281,7 @@ def read_yaml(
         raise error_type("file not found", where=file, fix=f"check the path; start from {example}") from None
     except UnicodeDecodeError as exc:
         line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise error_type(
-            f"not UTF-8 text (bad byte at offset {exc.start})", where=f"{file}:{line}", fix="save the file as UTF-8"
-        ) from None
+        raise error_type(f"not UTF-8 text (bad byte at offset {exc.start})", where=f"{file}:{line}", fix="save the file as UTF-8") from None
     except IsADirectoryError:
         raise error_type("is a folder, not a file", where=file, fix=f"pass a file like {example}") from None
     try:
@@ -251,8 +324,9 @@ def resolve_paths(spec: StudySpec, base: Path) -> StudySpec:
             ref.suite = str(_resolve(base, Path(ref.suite)))
     spec.extra_traits = [t if t.startswith("builtin:") else str(_resolve(base, Path(t))) for t in spec.extra_traits]
     for judge in spec.judges:
-        judge.api_key_file = _resolve(base, judge.api_key_file)
-        if judge.local is not None and judge.local.path is not None:
+        if isinstance(judge, OpenAIJudgeSpec):
+            judge.api_key_file = _resolve(base, judge.api_key_file)
+        elif isinstance(judge, LocalJudgeSpec) and judge.local.path is not None:
             judge.local.path = _resolve(base, judge.local.path)
     return spec
 

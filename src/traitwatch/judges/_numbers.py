@@ -22,6 +22,18 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+#: Below this share of probability on valid answers a judge gives no score (the field's standard).
+DEFAULT_MIN_MASS = 0.25
+
+
+def min_mass_tag(min_mass: float, sep: str) -> str:
+    """``min_mass`` as a part of a judge's identity (it decides which answers get no score).
+
+    The default adds nothing, so judgments stored before min_mass was part of identities
+    (made with the default unless a study changed it) keep their keys and are not paid twice.
+    """
+    return "" if float(min_mass) == DEFAULT_MIN_MASS else f"{sep}mass-{float(min_mass)!r}"
+
 
 @dataclass(frozen=True)
 class Scored:

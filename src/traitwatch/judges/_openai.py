@@ -17,10 +17,13 @@ import asyncio
 import email.utils
 import hashlib
 import os
+import queue
 import random
 import stat
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,7 +33,7 @@ from traitwatch.data import TraitDef, fill_rubric, rubric_hash
 from traitwatch.errors import JudgeError
 
 from ._budget import Budget
-from ._numbers import Scored, looks_digit_split, top_logprob_distribution, weighted_mean, yes_no_score
+from ._numbers import DEFAULT_MIN_MASS, Scored, looks_digit_split, min_mass_tag, top_logprob_distribution, weighted_mean, yes_no_score
 from ._protocol import Judge, JudgeRequest, Judgment, OnResult
 
 Scale = Literal["0-100", "0-10", "0-9", "yes-no"]
@@ -82,6 +85,55 @@ def _retry_after(headers: httpx.Headers) -> float | None:
         return max(0.0, parsed.timestamp() - time.time()) if parsed else None
 
 
+_DONE = object()
+
+
+def _run_in_worker_thread(
+    make: Callable[[OnResult | None], Coroutine[Any, Any, list[Judgment | None]]], on_result: OnResult | None
+) -> list[Judgment | None]:
+    """Run ``make(forward)`` to completion on a new event loop in a worker thread.
+
+    Why: ``asyncio.run`` refuses to start inside a running loop (every notebook). Results are
+    handed back through a queue so ``on_result`` runs in the caller's thread (where the
+    caller's SQLite connection lives) the moment each arrives. If ``on_result`` raises, the
+    worker's requests are cancelled before the error propagates: nothing is sent that cannot
+    be stored.
+    """
+    results: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    ready = threading.Event()
+    running: dict[str, Any] = {}
+
+    async def main() -> list[Judgment | None]:
+        running["loop"], running["task"] = asyncio.get_running_loop(), asyncio.current_task()
+        ready.set()
+        forward = None if on_result is None else (lambda i, j: results.put((i, j)))
+        return await make(forward)
+
+    def work() -> list[Judgment | None]:
+        try:
+            return asyncio.run(main())
+        finally:
+            ready.set()
+            results.put(_DONE)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="traitwatch-judge") as pool:
+        future = pool.submit(work)
+        try:
+            while (item := results.get()) is not _DONE:
+                assert on_result is not None
+                on_result(*item)
+        except BaseException:
+            ready.wait()
+            loop, task = running.get("loop"), running.get("task")
+            if loop is not None and task is not None:
+                try:
+                    loop.call_soon_threadsafe(task.cancel)
+                except RuntimeError:  # the loop already finished
+                    pass
+            raise
+        return future.result()
+
+
 class OpenAIJudge:
     """See module docstring. Build with :func:`openai_judge`."""
 
@@ -121,7 +173,12 @@ class OpenAIJudge:
         self.budget = budget or Budget(None)
         self.weak = weak
         self.backoff_s = backoff_s
-        self.identity = f"openai:{self.base_url}:{model}:{scale}:top20-v1:digits-{digit_split}"
+        # Everything that can change a score: endpoint, model, scale, digit-split handling,
+        # min_mass (the rubric and scale note are in scoring_hash). Not concurrency, timeouts,
+        # retries, prices or the key: they change whether and what an answer costs, not its score.
+        self.identity = f"openai:{self.base_url}:{model}:{scale}:top20-v1:digits-{digit_split}" + min_mass_tag(min_mass, ":")
+        self.batch_size = max_concurrency * 8  # requests per judge() call: keeps every slot busy
+        self.flush_every = 1  # a paid answer is stored the moment it arrives
         self.stats = {"requests": 0, "retries": 0}
 
     # -- Judge protocol ---------------------------------------------------------------------
@@ -149,10 +206,20 @@ class OpenAIJudge:
         return tokens_in * self.price_in / 1e6 + 1 * self.price_out / 1e6
 
     def judge(self, requests: Sequence[JudgeRequest], on_result: OnResult | None = None) -> list[Judgment | None]:
+        """Send the requests concurrently; blocks until all are answered.
+
+        Works inside a running event loop too (a Jupyter notebook, an async app): the requests
+        then run on their own loop in a worker thread, while ``on_result`` is still called in
+        this thread, as each judgment arrives.
+        """
         if not requests:
             return []
         key = read_api_key(self.api_key_env, self.api_key_file)
-        return asyncio.run(self._all(requests, key, on_result))
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self._all(requests, key, on_result))
+        return _run_in_worker_thread(lambda forward: self._all(requests, key, forward), on_result)
 
     # -- the HTTP work ----------------------------------------------------------------------
     async def _all(self, requests: Sequence[JudgeRequest], key: str, on_result: OnResult | None) -> list[Judgment | None]:
@@ -288,8 +355,16 @@ class OpenAIJudge:
             first = data["choices"][0]["logprobs"]["content"][0]
             top = [(str(t["token"]), float(t["logprob"])) for t in first["top_logprobs"]]
         except (KeyError, IndexError, TypeError, ValueError):
-            return Judgment(None, "response has no top_logprobs for the first token (does the server support logprobs?)",
-                            "first_token_top20", {}, tin, tout, cost, failed=True)
+            return Judgment(
+                None,
+                "response has no top_logprobs for the first token (does the server support logprobs?)",
+                "first_token_top20",
+                {},
+                tin,
+                tout,
+                cost,
+                failed=True,
+            )
         raw: dict[str, Any] = {"top_logprobs": top, "attempts": attempts}
         scored: Scored
         method = "first_token_top20"
@@ -331,7 +406,7 @@ def openai_judge(
     max_retries: int = 6,
     price_input_per_mtok: float = 0.0,
     price_output_per_mtok: float = 0.0,
-    min_mass: float = 0.25,
+    min_mass: float = DEFAULT_MIN_MASS,
     budget: Budget | None = None,
     weak: bool = False,
     backoff_s: float = 1.0,

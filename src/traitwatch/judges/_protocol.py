@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from traitwatch.data import TraitDef
+from traitwatch.store import content_key
 
 
 @dataclass(frozen=True)
@@ -59,15 +60,28 @@ OnResult = Callable[[int, "Judgment"], None]
 class Judge(Protocol):
     """A configured judge. Configuration happens once (the factory); ``judge`` is pure.
 
+    Everything the pipeline needs is here, so it never asks which kind of judge it holds.
+
     Attributes:
-        name: the study's name for this judge (unique in a study).
-        identity: changes whenever this judge could score differently (model, settings).
+        name: the study's name for this judge (unique in a study). Not part of ``identity``:
+            renaming a judge, or two studies naming the same judge differently, reuses its
+            stored judgments (the store links each answer to a judgment under the judge's name).
+        identity: changes whenever this judge could score differently (model, every scoring
+            setting); settings that cannot change a score (concurrency, retries, timeouts,
+            prices, batch sizes, ``weak``) are left out so changing them reuses judgments.
         weak: reports flag weak judges (e.g. a tiny local model).
+        batch_size: how many requests the caller should hand to one ``judge`` call.
+        flush_every: store results after this many arrive (1 for paid judges: a paid answer
+            is stored the moment it arrives).
     """
 
     name: str
-    identity: str
     weak: bool
+    batch_size: int
+    flush_every: int
+
+    @property
+    def identity(self) -> str: ...
 
     def can_score(self, definition: TraitDef) -> bool:
         """Whether this judge scores traits defined like this (rubric or checker)."""
@@ -81,11 +95,25 @@ class Judge(Protocol):
         """Hash of the exact input this judge sees for ``request`` (provenance)."""
         ...
 
+    def preflight(self) -> None:
+        """Fail early, before any work, when the judge cannot run (e.g. a missing API key).
+        Cheap: it loads no model."""
+        ...
+
+    def estimate_cost(self, request: JudgeRequest) -> float:
+        """Estimated USD cost of judging ``request`` (0 for unpaid judges)."""
+        ...
+
     def judge(self, requests: Sequence[JudgeRequest], on_result: OnResult | None = None) -> list[Judgment | None]:
         """Score requests in order; None marks one left undone (e.g. spending cap reached).
 
-        ``on_result(i, judgment)`` is called as each judgment is ready (paid judges: the
-        moment its response is parsed), so the caller can store it before anything else
-        can fail; the returned list holds the same judgments.
+        ``on_result(i, judgment)`` is called, in the calling thread, as each judgment is ready
+        (paid judges: the moment its response is parsed), so the caller can store it before
+        anything else can fail; the returned list holds the same judgments.
         """
         ...
+
+
+def judgment_key(judge: Judge, req: JudgeRequest) -> str:
+    """The store key of a judgment: judge identity, trait, rubric or checker, exact input."""
+    return content_key(judge.identity, req.trait, judge.scoring_hash(req.definition), judge.prompt_hash(req))
