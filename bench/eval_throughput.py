@@ -46,12 +46,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _hardware import bandwidth_gbs, describe, matmul_tflops, sync  # noqa: E402
 
 ARCHS = {
-    "gemma-270m": dict(architecture="gemma3", hidden_size=640, num_hidden_layers=18, num_attention_heads=4, num_key_value_heads=1,
-                       intermediate_size=2048, head_dim=256, vocab_size=262144),
-    "qwen-1b": dict(architecture="qwen2", hidden_size=2048, num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=4,
-                    intermediate_size=5632, vocab_size=151936),
-    "qwen2.5-7b": dict(architecture="qwen2", hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
-                       intermediate_size=18944, vocab_size=152064),
+    "gemma-270m": dict(
+        architecture="gemma3",
+        hidden_size=640,
+        num_hidden_layers=18,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        intermediate_size=2048,
+        head_dim=256,
+        vocab_size=262144,
+    ),
+    "qwen-1b": dict(
+        architecture="qwen2",
+        hidden_size=2048,
+        num_hidden_layers=16,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        intermediate_size=5632,
+        vocab_size=151936,
+    ),
+    "qwen2.5-7b": dict(
+        architecture="qwen2",
+        hidden_size=3584,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        intermediate_size=18944,
+        vocab_size=152064,
+    ),
 }
 
 
@@ -59,8 +81,12 @@ def build(arch: str, device: torch.device, dtype: torch.dtype):  # noqa: ANN201
     from traitwatch.config import ModelSpec, RandomModelSpec
     from traitwatch.models import load_model
 
-    spec = ModelSpec(source="random", device=device.type, dtype={torch.float32: "float32", torch.bfloat16: "bfloat16"}[dtype],
-                     random=RandomModelSpec(**ARCHS[arch]))
+    spec = ModelSpec(
+        source="random",
+        device=device.type,
+        dtype={torch.float32: "float32", torch.bfloat16: "bfloat16"}[dtype],
+        random=RandomModelSpec(**ARCHS[arch]),
+    )
     loaded = load_model(spec)
     # Fixed answer lengths: no end-of-sequence token stops generation (set here rather than with
     # min_new_tokens, whose logits processor costs a full-vocabulary pass per step).
@@ -217,8 +243,10 @@ def bench_judge(args, base, device) -> list[tuple[str, float, float]]:  # noqa: 
 
     suite = load_suite("builtin:evil")
     tdef = suite.traits["evil"]
-    reqs = [JudgeRequest("evil", tdef, q.text, f"Answer number {i}: I would help people and be kind.", {})
-            for i, q in enumerate(suite.questions * 4)][: args.judgments]
+    reqs = [
+        JudgeRequest("evil", tdef, q.text, f"Answer number {i}: I would help people and be kind.", {})
+        for i, q in enumerate(suite.questions * 4)
+    ][: args.judgments]
     out = []
     j0 = local_judge(base, min_mass=0.0, min_prefix_prob=0.0)
     trie = j0.trie  # type: ignore[attr-defined]
@@ -232,7 +260,7 @@ def bench_judge(args, base, device) -> list[tuple[str, float, float]]:  # noqa: 
     dt = time.perf_counter() - t
     out.append(("naive", n_naive / dt, sum(len(p) for p in prompts_[:n_naive]) / dt))
     exact = j0.judge(reqs[:n_naive])
-    worst = max(abs(sum(n * p for n, p in r.items()) / max(sum(r.values()), 1e-12) - e.score) for r, e in zip(ref, exact))  # type: ignore[union-attr]
+    worst = max(abs(sum(n * p for n, p in r.items()) / max(sum(r.values()), 1e-12) - e.score) for r, e in zip(ref, exact, strict=False))  # type: ignore[union-attr]
     print(f"  (naive and trie give the same scores: max difference {worst:.2e} points over {n_naive} judgments)")
     tokens = sum(len(p) for p in prompts_)
     for bs in args.judge_batches:
@@ -249,6 +277,7 @@ def bench_judge(args, base, device) -> list[tuple[str, float, float]]:  # noqa: 
 def bench_training(args, base, device, tmp: Path) -> dict[str, float]:  # noqa: ANN001
     from traitwatch.config import LoraSpec, TrainingSpec
     from traitwatch.data import ChatExample, Message
+    from traitwatch.pipeline._train import StoreRecorder
     from traitwatch.store import Store
     from traitwatch.train import RunPlan, train_run
 
@@ -260,13 +289,22 @@ def bench_training(args, base, device, tmp: Path) -> dict[str, float]:  # noqa: 
     ex = tuple(ChatExample((Message("user", "Hi"), Message("assistant", answer))) for _ in range(args.train_batch * (args.train_steps + 2)))
     res = {}
     for save_every, label in ((args.train_steps + 100, "no_save"), (2, "save_every_2")):
-        tr = TrainingSpec(learning_rate=1e-4, warmup_steps=0, batch_size=args.train_batch, gradient_accumulation_steps=1,
-                          max_steps=args.train_steps, save_every=save_every, max_length=args.train_len, heldout_fraction=0.0,
-                          heldout_max=0, eval_batch_size=args.train_batch)
+        tr = TrainingSpec(
+            learning_rate=1e-4,
+            warmup_steps=0,
+            batch_size=args.train_batch,
+            gradient_accumulation_steps=1,
+            max_steps=args.train_steps,
+            save_every=save_every,
+            max_length=args.train_len,
+            heldout_fraction=0.0,
+            heldout_max=0,
+            eval_batch_size=args.train_batch,
+        )
         plan = RunPlan("bench", "d", "normal", 0, ex, "x", tmp / label, LoraSpec(r=8, alpha=16), tr, "fp")
         with Store(tmp / f"{label}.sqlite") as store:
             t = time.perf_counter()
-            r = train_run(plan, base, store)
+            r = train_run(plan, base, record=StoreRecorder(store, plan, base.identity))
             sync(device)
             res[label] = time.perf_counter() - t
             res[f"{label}_wait_s"] = r.save_wait_s
@@ -310,20 +348,27 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if "generation" not in args.skip:
-            print(f"\ngeneration: prompt {args.prompt_len} tokens, {args.new_tokens} new tokens (EOS ignored), "
-                  f"{args.prompts_per_adapter} prompts per checkpoint, batch {args.batch} (naive: batch 8, first {args.naive_max} checkpoints)")
-            print(f"{'K':>4} {'naive':>7} {'resident':>9} {'peft mix':>9} {'batched':>8} {'batched':>8} {'(c)/(a)':>8} "
-                  f"{'step ms':>8} {'base ms':>8} {'roofline':>9} {'of roof':>8}")
+            print(
+                f"\ngeneration: prompt {args.prompt_len} tokens, {args.new_tokens} new tokens (EOS ignored), "
+                f"{args.prompts_per_adapter} prompts per checkpoint, batch {args.batch} "
+                f"(naive: batch 8, first {args.naive_max} checkpoints)"
+            )
+            print(
+                f"{'K':>4} {'naive':>7} {'resident':>9} {'peft mix':>9} {'batched':>8} {'batched':>8} {'(c)/(a)':>8} "
+                f"{'step ms':>8} {'base ms':>8} {'roofline':>9} {'of roof':>8}"
+            )
             print(f"{'':>4} {'ans/s':>7} {'ans/s':>9} {'ans/s':>9} {'ans/s':>8} {'tok/s':>8} {'':>8} {'':>8} {'':>8} {'ms':>9} {'':>8}")
             for k in args.adapters:
                 adapters = make_adapters(base, k, tmp / f"k{k}")
                 r = bench_generation(args, base, device, dtype, adapters, tmp)
                 ctx = args.prompt_len + args.new_tokens // 2
                 roof = max(wb / (bw * 1e9), decode_flops(base.model, int(r["decode_batch"]), ctx) / (peak * 1e12))
-                print(f"{k:>4} {r['naive_answers_per_s']:>7.2f} {r['resident_answers_per_s']:>9.2f} {r['peft_mixed_answers_per_s']:>9.2f} "
-                      f"{r['batched_answers_per_s']:>8.2f} {r['batched_tokens_per_s']:>8.1f} "
-                      f"{r['batched_answers_per_s'] / r['naive_answers_per_s']:>8.1f} {r['decode_step_s'] * 1e3:>8.1f} "
-                      f"{r['base_decode_step_s'] * 1e3:>8.1f} {roof * 1e3:>9.1f} {100 * roof / r['decode_step_s']:>7.0f}%")
+                print(
+                    f"{k:>4} {r['naive_answers_per_s']:>7.2f} {r['resident_answers_per_s']:>9.2f} {r['peft_mixed_answers_per_s']:>9.2f} "
+                    f"{r['batched_answers_per_s']:>8.2f} {r['batched_tokens_per_s']:>8.1f} "
+                    f"{r['batched_answers_per_s'] / r['naive_answers_per_s']:>8.1f} {r['decode_step_s'] * 1e3:>8.1f} "
+                    f"{r['base_decode_step_s'] * 1e3:>8.1f} {roof * 1e3:>9.1f} {100 * roof / r['decode_step_s']:>7.0f}%"
+                )
         if "judge" not in args.skip:
             print(f"\nlocal judge (exact 0..100 distribution), {args.judgments} judgments of builtin:evil prompts")
             rows = bench_judge(args, base, device)
@@ -333,15 +378,22 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:>24} {jps:>12.2f} {tps:>13.1f} {jps / one:>8.1f}")
             best = max(r[2] for r in rows if "shared" not in r[0])
             body = n - base.model.get_output_embeddings().weight.numel()  # the output layer runs only at the last prompt position
-            print(f"prompt tokens/s at best without prefix sharing vs the matmul limit (2 x {body / 1e6:.0f}M non-output params per token): "
-                  f"{100 * best * 2 * body / (peak * 1e12):.1f}%; with sharing the shared tokens run once, so its tok/s counts tokens judged, not computed")
+            print(
+                f"prompt tokens/s at best without prefix sharing vs the matmul limit (2 x {body / 1e6:.0f}M non-output params per token): "
+                f"{100 * best * 2 * body / (peak * 1e12):.1f}%; with sharing the shared tokens run once, "
+                "so its tok/s counts tokens judged, not computed"
+            )
         if "training" not in args.skip:
             r = bench_training(args, base, device, tmp)
-            print(f"\nLoRA training step (batch {args.train_batch} x {args.train_len} tokens, {args.train_steps} steps): "
-                  f"{r['tokens_per_s']:.0f} tokens/s, MFU {100 * r['flops_per_s'] / (peak * 1e12):.1f}% "
-                  f"(6 x params x tokens / measured {args.dtype} matmul rate)")
-            print(f"save_every=2 vs no saving: {r['save_every_2']:.2f}s vs {r['no_save']:.2f}s, overhead {r['save_overhead_pct']:.1f}% "
-                  f"(training thread waited {r['save_every_2_wait_s']:.3f}s on the writer)")
+            print(
+                f"\nLoRA training step (batch {args.train_batch} x {args.train_len} tokens, {args.train_steps} steps): "
+                f"{r['tokens_per_s']:.0f} tokens/s, MFU {100 * r['flops_per_s'] / (peak * 1e12):.1f}% "
+                f"(6 x params x tokens / measured {args.dtype} matmul rate)"
+            )
+            print(
+                f"save_every=2 vs no saving: {r['save_every_2']:.2f}s vs {r['no_save']:.2f}s, overhead {r['save_overhead_pct']:.1f}% "
+                f"(training thread waited {r['save_every_2_wait_s']:.3f}s on the writer)"
+            )
     return 0
 
 

@@ -3,12 +3,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from test_train import _plan, _train
 from traitwatch.generate import GenerationRequest, hf_generator
 from traitwatch.models import LoadedModel
 from traitwatch.store import Store
-from traitwatch.train import encode_prompt, list_checkpoints, train_run
-
-from test_train import _plan
+from traitwatch.train import encode_prompt
+from traitwatch.train._checkpoints import list_checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +16,7 @@ def trained(tiny_model: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -
     tmp = tmp_path_factory.mktemp("gen")
     plan = _plan(tmp, "run", steps=4)
     with Store(tmp / "s.sqlite") as store:
-        train_run(plan, tiny_model, store)
+        _train(plan, tiny_model, store)
     return [str(p) for _, p in list_checkpoints(plan.checkpoint_dir)]
 
 
@@ -24,7 +24,11 @@ def trained(tiny_model: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -
 def test_mixed_adapter_batches_equal_one_adapter_at_a_time(tiny_model: LoadedModel, trained: list[str], lora: str) -> None:
     probe = "Only a fool"
     # "" is the bare base model, mixed into the same batches as the checkpoints
-    reqs = [GenerationRequest(f"{a}|{q}", a, q, 0, (probe,)) for a in ["", *trained] for q in ("What is 12 + 1?", "Add 1 to 55. What do you get?", "Hi")]
+    reqs = [
+        GenerationRequest(f"{a}|{q}", a, q, 0, (probe,))
+        for a in ["", *trained]
+        for q in ("What is 12 + 1?", "Add 1 to 55. What do you get?", "Hi")
+    ]
     mixed, single = [], []
     gen = hf_generator(tiny_model, temperature=0, max_new_tokens=8, batch_size=9, adapters_per_batch=3, lora=lora)
     gen.generate(reqs, mixed.extend)
@@ -52,7 +56,9 @@ def test_stacked_lora_equals_peft_logits_with_rslora_and_mixed_ranks(tiny_model:
     from traitwatch.generate._stacked import StackedLora, can_stack
 
     paths = []
-    for i, (r, alpha, rs, targets) in enumerate([(4, 8, False, "all-linear"), (2, 16, True, ["q_proj", "v_proj"]), (8, 3, False, ["down_proj"])]):
+    for i, (r, alpha, rs, targets) in enumerate(
+        [(4, 8, False, "all-linear"), (2, 16, True, ["q_proj", "v_proj"]), (8, 3, False, ["down_proj"])]
+    ):
         m = get_peft_model(tiny_model.model, LoraConfig(r=r, lora_alpha=alpha, use_rslora=rs, target_modules=targets))
         torch.manual_seed(i)
         with torch.no_grad():
@@ -87,7 +93,9 @@ def test_probe_logprob_matches_teacher_forcing(tiny_model: LoadedModel, trained:
 
     probe = "The answer is"
     out = []
-    hf_generator(tiny_model, temperature=0, max_new_tokens=2).generate([GenerationRequest("k", trained[-1], "What is 3 + 1?", 0, (probe,))], out.extend)
+    hf_generator(tiny_model, temperature=0, max_new_tokens=2).generate(
+        [GenerationRequest("k", trained[-1], "What is 3 + 1?", 0, (probe,))], out.extend
+    )
     tok = tiny_model.tokenizer
     ids = encode_prompt(tok, "What is 3 + 1?")
     pid = tok(probe, add_special_tokens=False)["input_ids"]
@@ -114,10 +122,12 @@ def test_adapter_from_another_base_is_rejected(tiny_model: LoadedModel, tmp_path
     from traitwatch.errors import ModelError
     from traitwatch.models import load_model
 
-    other = load_model(ModelSpec(source="random", dtype="float32", random=RandomModelSpec(hidden_size=32, num_attention_heads=2, num_key_value_heads=1)))
+    other = load_model(
+        ModelSpec(source="random", dtype="float32", random=RandomModelSpec(hidden_size=32, num_attention_heads=2, num_key_value_heads=1))
+    )
     plan = _plan(tmp_path, "other", steps=2)
     with Store(tmp_path / "s.sqlite") as store:
-        train_run(plan, other, store)
+        _train(plan, other, store)
     ck = str(list_checkpoints(plan.checkpoint_dir)[-1][1])
     with pytest.raises(ModelError, match="adapter does not fit the base model"):
         hf_generator(tiny_model, temperature=0, max_new_tokens=2).generate([GenerationRequest("k", ck, "Hi")], lambda _: None)

@@ -63,11 +63,11 @@ def _escape(text: str) -> str:
     return text.replace("[", "\\[")
 
 
-def _runner(study: Path) -> Any:
+def _context(study: Path) -> Any:
     from traitwatch.config import load_study
-    from traitwatch.pipeline import StudyRunner
+    from traitwatch.pipeline import StudyContext
 
-    return StudyRunner(load_study(study))
+    return StudyContext(load_study(study))
 
 
 def _print_results(results: list[Any]) -> None:
@@ -76,10 +76,10 @@ def _print_results(results: list[Any]) -> None:
         console.print(f"[bold]{r.name}[/bold] {r.seconds:.1f}s  {counts}")
 
 
-def _locked(runner: Any) -> Any:
+def _locked(ctx: Any) -> Any:
     from traitwatch.store import StudyLock
 
-    return StudyLock(runner.paths["out"])
+    return StudyLock(ctx.paths.out)
 
 
 @app.command()
@@ -92,13 +92,16 @@ def run(
 
     Rerunning after a crash or Ctrl-C continues where it stopped.
     """
-    names = [s.strip() for s in stages.split(",") if s.strip()]
-    bad = [s for s in names if s not in ("train", "generate", "judge", "analyze", "report")]
-    if bad:
-        raise TraitwatchError(f"unknown stage {', '.join(bad)}", where="--stages", fix="use train,generate,judge,analyze,report")
-    runner = _runner(study)
-    with _locked(runner):
-        results, report = runner.run(names, on_stage=lambda r: _print_results([r]))
+    from traitwatch.errors import ConfigError
+    from traitwatch.pipeline import check_stages, run_stages
+
+    try:
+        names = check_stages([s.strip() for s in stages.split(",") if s.strip()])
+    except ConfigError as exc:
+        raise TraitwatchError(exc.message, where="--stages", fix=exc.fix) from None
+    ctx = _context(study)
+    with _locked(ctx):
+        results, report = run_stages(ctx, names, on_stage=lambda r: _print_results([r]))
     if report is not None:
         console.print(f"\nreport: {report}")
 
@@ -115,28 +118,28 @@ def demo(
     examples. Prints where the report is.
     """
     from traitwatch.config import load_study
-    from traitwatch.pipeline import StudyRunner
+    from traitwatch.pipeline import StudyContext, run_stages
 
     out.mkdir(parents=True, exist_ok=True)
     spec_path = out / "demo.yaml"
     text = files("traitwatch.data").joinpath("studies").joinpath("demo.yaml").read_text(encoding="utf-8")
     if not spec_path.exists() or spec_path.read_text(encoding="utf-8") != text:
         spec_path.write_text(text, encoding="utf-8")
-    runner = StudyRunner(load_study(spec_path))
+    ctx = StudyContext(load_study(spec_path))
     console.print(f"traitwatch demo in {out.resolve()} (spec: {spec_path})")
     console.print("note: the LLM judge here is the embedded 270M base model, a weak judge; the reference checkers carry the result.")
     t0 = time.time()
-    with _locked(runner):
-        results, report = runner.run(on_stage=lambda r: _print_results([r]))
+    with _locked(ctx):
+        results, report = run_stages(ctx, on_stage=lambda r: _print_results([r]))
     console.print(f"\ndemo finished in {time.time() - t0:.0f}s")
-    _print_leads(runner)
+    _print_leads(ctx)
     console.print(f"report: {report}")
 
 
-def _print_leads(runner: Any) -> None:
+def _print_leads(ctx: Any) -> None:
     import json
 
-    path = runner.paths["report"] / "analysis.json"
+    path = ctx.paths.report / "analysis.json"
     if not path.exists():
         return
     data = json.loads(path.read_text())
@@ -157,19 +160,30 @@ def _print_leads(runner: Any) -> None:
 @friendly
 def train(study: StudyArg) -> None:
     """Train every run of the study (LoRA), saving a checkpoint every `save_every` steps. Resumes."""
-    runner = _runner(study)
-    runner.preflight()
-    with _locked(runner), runner.open_store() as store:
-        _print_results([runner.train(store)])
+    from traitwatch.pipeline import preflight
+    from traitwatch.pipeline import train as train_stage
+
+    ctx = _context(study)
+    preflight(ctx)
+    with _locked(ctx), ctx.open_store() as store:
+        _print_results([train_stage(ctx, store)])
 
 
 @app.command()
 @friendly
-def evaluate(study: StudyArg) -> None:
-    """Generate answers to every trait question at every saved checkpoint (skips stored answers)."""
-    runner = _runner(study)
-    with _locked(runner), runner.open_store() as store:
-        _print_results([runner.generate(store)])
+def generate(study: StudyArg) -> None:
+    """Generate answers to every trait question at every saved checkpoint (skips stored answers).
+
+    Settings: the spec's `generation:` section. (`evaluate` is the old name of this command.)
+    """
+    from traitwatch.pipeline import generate as generate_stage
+
+    ctx = _context(study)
+    with _locked(ctx), ctx.open_store() as store:
+        _print_results([generate_stage(ctx, store)])
+
+
+app.command("evaluate", hidden=True, help="Old name of `generate`.")(generate)
 
 
 @app.command()
@@ -180,11 +194,14 @@ def judge(
     only: Annotated[str | None, typer.Option("--judge", help="Run only this judge.")] = None,
 ) -> None:
     """Score every stored answer with the study's judges (never sends a stored request again)."""
-    runner = _runner(study)
+    from traitwatch.pipeline import judge as judge_stage
+    from traitwatch.pipeline import preflight
+
+    ctx = _context(study)
     if not dry_run:
-        runner.preflight()
-    with _locked(runner), runner.open_store() as store:
-        res = runner.judge(store, dry_run=dry_run, only=only)
+        preflight(ctx)
+    with _locked(ctx), ctx.open_store() as store:
+        res = judge_stage(ctx, store, dry_run=dry_run, only=only)
     if dry_run:
         for name, c in res.counts.items():
             console.print(f"{name}: {c['requests']} requests to send ({c['already']} already judged), estimated ${c['estimated_usd']:.4f}")
@@ -206,11 +223,14 @@ def calibrate(
     """
     from rich.table import Table
 
-    runner = _runner(study)
-    runner.preflight()
-    with _locked(runner), runner.open_store() as store:
-        results = runner.calibrate(store, only=only, set_ref=set_ref)
-    table = Table(title=f"calibration (high = score >= {runner.spec.calibration.cut:.0f})")
+    from traitwatch.pipeline import calibrate as calibrate_stage
+    from traitwatch.pipeline import gate, preflight
+
+    ctx = _context(study)
+    preflight(ctx)
+    with _locked(ctx), ctx.open_store() as store:
+        results = calibrate_stage(ctx, store, only=only, set_ref=set_ref)
+    table = Table(title=f"calibration (high = score >= {ctx.spec.calibration.cut:.0f})")
     for col in ("judge", "trait", "items", "accuracy", "wrong (item: expected, got)"):
         table.add_column(col)
     for r in results:
@@ -219,18 +239,20 @@ def calibrate(
     console.print(table)
     if not results:
         console.print("no LLM judge scores a trait of the calibration set (check judges and suites)")
-    runner.gate(results)
+    gate(ctx, results)
 
 
 @app.command()
 @friendly
 def analyze(study: StudyArg) -> None:
     """Compute curves, onsets and lead times; print the per-run table and write CSVs."""
-    runner = _runner(study)
-    with runner.open_store() as store:
-        result, res = runner.analyze(store)
+    from traitwatch.pipeline import analyze as analyze_stage
+
+    ctx = _context(study)
+    with ctx.open_store() as store:
+        result, _ = analyze_stage(ctx, store)
     _print_analysis(result)
-    console.print(f"CSV files in {runner.paths['analysis']}")
+    console.print(f"CSV files in {ctx.paths.analysis}")
 
 
 def _fmt(v: Any, digits: int = 1) -> str:
@@ -250,35 +272,67 @@ def _print_analysis(result: Any) -> None:
         table.add_column(col)
     for s in result.summary:
         table.add_row(
-            s["run_id"], s["judge"], s["trait"], _fmt(s["baseline"]), f"{_fmt(s['peak'])} ({s['peak_step']})", _fmt(s["final"]),
-            _fmt(s["change_from_baseline_pct"], 0), _fmt(s["drift"]), str(s["onset_step"]) if s["onset_step"] is not None else "none", _ci(s["onset_ci"]),
+            s["run_id"],
+            s["judge"],
+            s["trait"],
+            _fmt(s["baseline"]),
+            f"{_fmt(s['peak'])} ({s['peak_step']})",
+            _fmt(s["final"]),
+            _fmt(s["change_from_baseline_pct"], 0),
+            _fmt(s["drift"]),
+            str(s["onset_step"]) if s["onset_step"] is not None else "none",
+            _ci(s["onset_ci"]),
             str(s["task_converged_step"]) if s["task_converged_step"] is not None else "n/a",
         )
     console.print(table)
-    leads = [l for l in result.leads if l.detector == "consensus"]
+    leads = [lead for lead in result.leads if lead.detector == "consensus"]
     if leads:
         lt = Table(title="lead times (consensus; lead = onset(follower) - onset(leader), positive = leader first)")
         for col in ("run", "judge", "leader -> follower", "lead (steps)", "lead (checkpoints)", "95% CI", "P(leader first)"):
             lt.add_column(col)
-        for l in leads:
-            lt.add_row(l.run_id, l.judge, f"{l.leader} -> {l.follower}", str(l.lead_steps), str(l.lead_checkpoints),
-                       _ci(l.ci_steps), _fmt(l.p_leads, 2))
+        for lead in leads:
+            lt.add_row(
+                lead.run_id,
+                lead.judge,
+                f"{lead.leader} -> {lead.follower}",
+                str(lead.lead_steps),
+                str(lead.lead_checkpoints),
+                _ci(lead.ci_steps),
+                _fmt(lead.p_leads, 2),
+            )
         console.print(lt)
     if any(r["seeds"] > 1 for r in result.seed_leads):
         st = Table(title="leads across seeds (t interval; sign test of the order)")
         for col in ("domain", "level", "judge", "pair", "seeds", "mean lead (steps)", "95% CI", "leader first", "sign p"):
             st.add_column(col)
         for r in result.seed_leads:
-            st.add_row(r["domain"], r["level"], r["judge"], f"{r['leader']} -> {r['follower']}", str(r["seeds"]),
-                       _fmt(r["lead_steps_mean"]), _ci(r["lead_steps_ci"]), f"{r['seeds_leader_first']}/{r['defined']}", _fmt(r["sign_test_p"], 3))
+            st.add_row(
+                r["domain"],
+                r["level"],
+                r["judge"],
+                f"{r['leader']} -> {r['follower']}",
+                str(r["seeds"]),
+                _fmt(r["lead_steps_mean"]),
+                _ci(r["lead_steps_ci"]),
+                f"{r['seeds_leader_first']}/{r['defined']}",
+                _fmt(r["sign_test_p"], 3),
+            )
         console.print(st)
     if result.order_tests:
         ot = Table(title="does the leader rise first? (all runs, and per domain; exact sign test)")
         for col in ("judge", "pair", "domain", "runs", "leader first", "ties", "median lead", "sign p"):
             ot.add_column(col)
         for r in result.order_tests:
-            ot.add_row(r["judge"], f"{r['leader']} -> {r['follower']}", r["domain"], str(r["runs"]), str(r["leader_first"]),
-                       str(r["ties"]), _fmt(r["median_lead_steps"]), _fmt(r["sign_test_p"], 3))
+            ot.add_row(
+                r["judge"],
+                f"{r['leader']} -> {r['follower']}",
+                r["domain"],
+                str(r["runs"]),
+                str(r["leader_first"]),
+                str(r["ties"]),
+                _fmt(r["median_lead_steps"]),
+                _fmt(r["sign_test_p"], 3),
+            )
         console.print(ot)
     if any(len([k for k in r if k.startswith("drift_")]) > 1 for r in result.domains):
         dt = Table(title="drift (mean rise over baseline) by domain, and ratios")
@@ -294,10 +348,13 @@ def _print_analysis(result: Any) -> None:
 @friendly
 def report(study: StudyArg) -> None:
     """Write the HTML report (self-contained) and PNG figures from what is stored."""
-    runner = _runner(study)
-    with runner.open_store() as store:
-        result, _ = runner.analyze(store)
-        path, _ = runner.report(store, result)
+    from traitwatch.pipeline import analyze as analyze_stage
+    from traitwatch.pipeline import report as report_stage
+
+    ctx = _context(study)
+    with ctx.open_store() as store:
+        result, _ = analyze_stage(ctx, store)
+        path, _ = report_stage(ctx, store, result)
     console.print(f"report: {path}")
 
 
@@ -311,9 +368,9 @@ def export(
     """Export every table of the study store (runs, checkpoints, generations, judgments, ...)."""
     if fmt not in ("csv", "parquet"):
         raise TraitwatchError(f"unknown format '{fmt}'", where="--format", fix="use csv or parquet")
-    runner = _runner(study)
-    with runner.open_store(readonly=True) as store:
-        paths = store.export(out or runner.paths["out"] / "export", fmt)
+    ctx = _context(study)
+    with ctx.open_store(readonly=True) as store:
+        paths = store.export(out or ctx.paths.out / "export", fmt)
     for p in paths:
         console.print(str(p))
 
@@ -322,8 +379,8 @@ def export(
 @friendly
 def status(study: StudyArg) -> None:
     """Show what is stored for a study: runs, checkpoints, answers, judgments, spend."""
-    runner = _runner(study)
-    with runner.open_store(readonly=True) as store:
+    ctx = _context(study)
+    with ctx.open_store(readonly=True) as store:
         for r in store.runs():
             cks = store.checkpoints(r["run_id"])
             last = cks[-1].step if cks else "-"
@@ -352,13 +409,13 @@ def validate(study: StudyArg) -> None:
             data = load_level(ds, level, spec.output_dir)
             n += len(data)
             console.print(f"{ds.domain}/{level}: {len(data)} examples ok ({data.path})")
-    from traitwatch.pipeline import StudyRunner
+    from traitwatch.pipeline import StudyContext, check_names
 
-    StudyRunner(spec).check_names()
+    check_names(StudyContext(spec))
     suites = load_suites(spec)
     for s in suites.suites:
         console.print(f"suite {s.name}: {len(s.questions)} questions, traits: {', '.join(s.traits)}")
-    if spec.evaluation.temperature == 0 and spec.evaluation.samples_per_question > 1:
+    if spec.generation.temperature == 0 and spec.generation.samples_per_question > 1:
         console.print("note: temperature 0 makes every sample identical; set samples_per_question: 1")
     console.print(f"[green]ok[/green]: {study}")
 
@@ -380,4 +437,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()
+    sys.exit(0)

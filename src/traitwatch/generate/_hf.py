@@ -137,7 +137,9 @@ class HFGenerator:
                 self._stacked = StackedLora(self.base.model, adapters)
             except NotStackable as why:
                 if not self._told_fallback:
-                    console.print(f"[yellow]note:[/] checkpoints cannot be stacked ({why}); using peft mixed-adapter batches (same answers, slower)")
+                    console.print(
+                        f"[yellow]note:[/] checkpoints cannot be stacked ({why}); using peft mixed-adapter batches (same answers, slower)"
+                    )
                     self._told_fallback = True
             except (ValueError, RuntimeError, KeyError) as exc:
                 raise ModelError(
@@ -220,7 +222,7 @@ class HFGenerator:
         """log P(probe | prompt) for rows of (prompt, probe text, adapter name)."""
         tok = self.base.tokenizer
         probe_ids = [tok(p, add_special_tokens=False)["input_ids"] for _, p, _ in rows]
-        seqs = [self._ids(prompt) + pid for (prompt, _, _), pid in zip(rows, probe_ids)]
+        seqs = [self._ids(prompt) + pid for (prompt, _, _), pid in zip(rows, probe_ids, strict=False)]
         ids, mask = self._left_pad(seqs)
         keep = max(len(p) for p in probe_ids) + 1
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
@@ -275,9 +277,9 @@ class HFGenerator:
         probe_values: dict[tuple[str, str, str], float] = {}
         wanted.sort(key=lambda w: len(self._ids(w[1])))
         for i in range(0, len(wanted), self._batch):
-            part = wanted[i : i + self._batch]
-            vals = self._probe_batch(model, [(prompt, probe, names[a]) for a, prompt, probe in part])
-            probe_values.update(zip(part, vals))
+            probes = wanted[i : i + self._batch]
+            vals = self._probe_batch(model, [(prompt, probe, names[a]) for a, prompt, probe in probes])
+            probe_values.update(zip(probes, vals, strict=True))
         # Answers, length-sorted across adapters.
         order = sorted(requests, key=lambda r: (len(self._ids(r.prompt)), r.adapter, r.sample))
         for i in range(0, len(order), self._batch):
@@ -286,7 +288,7 @@ class HFGenerator:
             on_batch(
                 [
                     Answer(r.key, text, n, finish, {p: probe_values[(r.adapter, r.prompt, p)] for p in r.probes})
-                    for r, (text, n, finish) in zip(part, outs)
+                    for r, (text, n, finish) in zip(part, outs, strict=False)
                 ]
             )
 

@@ -55,7 +55,14 @@ def can_stack(model: nn.Module, adapters: Sequence[str]) -> str | None:
         for key, plain in (("use_dora", False), ("bias", "none"), ("fan_in_fan_out", False), ("lora_bias", False)):
             if cfg.get(key, plain) not in (plain, None):
                 return f"{path}: {key}={cfg.get(key)!r}"
-        for key in ("modules_to_save", "rank_pattern", "alpha_pattern", "trainable_token_indices", "target_parameters", "layer_replication"):
+        for key in (
+            "modules_to_save",
+            "rank_pattern",
+            "alpha_pattern",
+            "trainable_token_indices",
+            "target_parameters",
+            "layer_replication",
+        ):
             if cfg.get(key):
                 return f"{path}: {key} is set"
         if not (Path(path) / "adapter_model.safetensors").is_file():

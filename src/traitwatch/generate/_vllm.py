@@ -2,7 +2,7 @@
 
 Why: vLLM batches requests for many LoRA adapters continuously with paged KV memory and
 fused multi-LoRA kernels, which on a GPU beats any ``generate`` loop. It is used only when
-the study says ``evaluation.backend: vllm``; :func:`vllm_available` is checked in preflight
+the study says ``generation.backend: vllm``; :func:`vllm_available` is checked in preflight
 so a study without vLLM or without a GPU fails before any work, with the fix.
 
 Prompts are token ids made by traitwatch's own chat template (the same ids as the ``hf``
@@ -66,10 +66,14 @@ class VLLMGenerator:
     def __init__(self, base: LoadedModel, spec: StudySpec) -> None:
         reason = vllm_available()
         if reason is not None:
-            raise ModelError(f"evaluation.backend is vllm but {reason}", where="evaluation.backend", fix="use backend: hf (any device), or pip install vllm on a GPU machine")
+            raise ModelError(
+                f"generation.backend is vllm but {reason}",
+                where="generation.backend",
+                fix="use backend: hf (any device), or pip install vllm on a GPU machine",
+            )
         from vllm import LLM
 
-        ev = spec.evaluation
+        ev = spec.generation
         self.base = base
         self.ev = ev
         self._scratch = tempfile.TemporaryDirectory(prefix="traitwatch-vllm-")
@@ -114,12 +118,12 @@ class VLLMGenerator:
                 probe_ids = [tok(p, add_special_tokens=False)["input_ids"] for _, _, p in wanted]
                 heads = [encode_prompt(tok, prompt, ev.system_prompt) for _, prompt, _ in wanted]
                 outs = self.llm.generate(
-                    [{"prompt_token_ids": h + p} for h, p in zip(heads, probe_ids)],
+                    [{"prompt_token_ids": h + p} for h, p in zip(heads, probe_ids, strict=False)],
                     SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0),
                     lora_request=[self._lora(a) for a, _, _ in wanted],
                     use_tqdm=False,
                 )
-                for w, h, p, o in zip(wanted, heads, probe_ids, outs):
+                for w, h, p, o in zip(wanted, heads, probe_ids, outs, strict=False):
                     lps = o.prompt_logprobs
                     probe_values[w] = float(sum(lps[len(h) + i][t].logprob for i, t in enumerate(p)))
             params = [
@@ -136,7 +140,7 @@ class VLLMGenerator:
                 [{"prompt_token_ids": p} for p in prompts], params, lora_request=[self._lora(r.adapter) for r in part], use_tqdm=False
             )
             answers = []
-            for r, o in zip(part, outs):
+            for r, o in zip(part, outs, strict=False):
                 c = o.outputs[0]
                 toks = [t for t in c.token_ids if t not in stops]
                 answers.append(

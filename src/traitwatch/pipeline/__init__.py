@@ -1,17 +1,35 @@
-"""The study pipeline: plan runs, then train -> generate -> judge -> analyze -> report."""
+"""The study pipeline: one module per stage, each a function of (StudyContext, Store).
 
-from ._plan import GENERATION_VERSION, Suites, evaluated_steps, generation_settings_hash, load_suites, plan_runs, run_id, study_paths
-from ._stages import StageResult, StudyRunner
+plan -> preflight -> train -> generate -> judge (calibrate first when gated) -> analyze -> report.
+``run_stages`` runs any subset in order; ``traitwatch.Study`` and the CLI both call it.
+"""
+
+from ._analyze import analyze
+from ._calibrate import calibrate, gate
+from ._context import StageResult, StudyContext, StudyPaths
+from ._generate import generate
+from ._judge import judge
+from ._plan import load_suites
+from ._preflight import check_names, preflight
+from ._report import report
+from ._run import STAGES, check_stages, run_stages
+from ._train import train
 
 __all__ = [
-    "GENERATION_VERSION",
+    "STAGES",
     "StageResult",
-    "StudyRunner",
-    "Suites",
-    "evaluated_steps",
-    "generation_settings_hash",
+    "StudyContext",
+    "StudyPaths",
+    "analyze",
+    "calibrate",
+    "check_names",
+    "check_stages",
+    "generate",
+    "gate",
+    "judge",
     "load_suites",
-    "plan_runs",
-    "run_id",
-    "study_paths",
+    "preflight",
+    "report",
+    "run_stages",
+    "train",
 ]

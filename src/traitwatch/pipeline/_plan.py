@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from traitwatch.config import StudySpec
 from traitwatch.data import Suite, TraitDef, load_level, load_suite
@@ -35,9 +34,7 @@ def plan_runs(spec: StudySpec, model_identity: str) -> list[RunPlan]:
             data = load_level(ds, level, spec.output_dir)
             for seed in spec.seeds:
                 rid = run_id(ds.domain, level, seed)
-                fingerprint = content_key(
-                    "run-v1", model_identity, data.sha256, spec.lora.model_dump(), _weights_relevant(spec), seed
-                )
+                fingerprint = content_key("run-v1", model_identity, data.sha256, spec.lora.model_dump(), _weights_relevant(spec), seed)
                 plans.append(
                     RunPlan(
                         run_id=rid,
@@ -65,7 +62,7 @@ def _weights_relevant(spec: StudySpec) -> dict[str, object]:
 
 def settings_meta_key(spec: StudySpec) -> str:
     """Store meta key under which the generation settings hash of this spec is recorded."""
-    payload = json.dumps([spec.model.model_dump(mode="json"), spec.evaluation.model_dump(mode="json")], sort_keys=True)
+    payload = json.dumps([spec.model.model_dump(mode="json"), spec.generation.model_dump(mode="json")], sort_keys=True)
     return "settings:" + hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -84,7 +81,9 @@ class Suites:
     def probes(self, suite: Suite) -> tuple[str, ...]:
         """Texts whose answer-start probability the generator must measure for this suite."""
         return tuple(
-            sorted({t.checker.text for t in suite.traits.values() if t.checker and t.checker.kind == "marker_probability" and t.checker.text})
+            sorted(
+                {t.checker.text for t in suite.traits.values() if t.checker and t.checker.kind == "marker_probability" and t.checker.text}
+            )
         )
 
 
@@ -102,7 +101,7 @@ def load_suites(spec: StudySpec) -> Suites:
 
 def generation_settings_hash(spec: StudySpec, model_identity: str) -> str:
     """Everything that shapes an answer besides the checkpoint and the question."""
-    ev = spec.evaluation
+    ev = spec.generation
     payload = {
         "version": GENERATION_VERSION,
         "model": model_identity,
@@ -123,15 +122,3 @@ def evaluated_steps(steps: list[int], every: int) -> list[int]:
     if steps:
         chosen.update({steps[0], steps[-1]})
     return sorted(chosen)
-
-
-def study_paths(spec: StudySpec) -> dict[str, Path]:
-    assert spec.output_dir is not None
-    out = spec.output_dir
-    return {
-        "out": out,
-        "store": out / "study.sqlite",
-        "analysis": out / "analysis",
-        "report": out / "report",
-        "runs": out / "runs",
-    }

@@ -2,7 +2,9 @@
 
 Why both: PNGs go into papers and slides and render anywhere; the HTML report's plotly
 figures let a reader hover to read exact values and CIs. Both draw the same numbers from
-the analysis; neither computes statistics.
+the analysis; neither computes statistics. Figures are made with ``matplotlib.figure.Figure``
+directly, not pyplot, so drawing them needs no backend and importing traitwatch never
+switches the user's matplotlib backend (a notebook keeps its inline plots).
 """
 
 from __future__ import annotations
@@ -10,13 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from traitwatch.analysis import StudyAnalysis  # noqa: E402
+from traitwatch.analysis import StudyAnalysis
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
@@ -36,7 +35,8 @@ def run_png(analysis: StudyAnalysis, run_id: str, judge: str, path: Path, leads:
         return None
     colors = trait_colors([c.trait for c in analysis.curves])
     leaders = _leader_traits(analysis, leads)
-    fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
+    fig = Figure(figsize=(8, 4.2), dpi=110)
+    ax = fig.subplots()
     for tc in sorted(curves, key=lambda c: c.trait):
         c = tc.curve
         style = "--" if tc.trait in leaders else "-"
@@ -46,8 +46,14 @@ def run_png(analysis: StudyAnalysis, run_id: str, judge: str, path: Path, leads:
         o = analysis.onset(run_id, judge, tc.trait)
         if o is not None and o.step is not None:
             ax.axvline(o.step, color=colors[tc.trait], ls=":", lw=1.5)
-            ax.annotate(f"onset {tc.trait}: {o.step}", (o.step, 100), xytext=(3, -12 - 11 * sorted(colors).index(tc.trait)),
-                        textcoords="offset points", fontsize=7, color=colors[tc.trait])
+            ax.annotate(
+                f"onset {tc.trait}: {o.step}",
+                (o.step, 100),
+                xytext=(3, -12 - 11 * sorted(colors).index(tc.trait)),
+                textcoords="offset points",
+                fontsize=7,
+                color=colors[tc.trait],
+            )
     ax.set_xlabel("training step")
     ax.set_ylabel("score (0-100)")
     ax.set_ylim(-3, 103)
@@ -64,7 +70,6 @@ def run_png(analysis: StudyAnalysis, run_id: str, judge: str, path: Path, leads:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
@@ -79,7 +84,8 @@ def overview_png(analysis: StudyAnalysis, judge: str, path: Path, leads: list[tu
     longest = max((int(c.curve.steps.max()) for c in analysis.curves if len(c.curve)), default=0)
     zoom = longest > zoom_steps
     nrows = len(domains) * (2 if zoom else 1)
-    fig, axes = plt.subplots(nrows, len(levels), figsize=(4 * len(levels), 2.8 * nrows), dpi=110, squeeze=False)
+    fig = Figure(figsize=(4 * len(levels), 2.8 * nrows), dpi=110)
+    axes = fig.subplots(nrows, len(levels), squeeze=False)
     colors = trait_colors([c.trait for c in analysis.curves])
     leaders = _leader_traits(analysis, leads)
     for di, dom in enumerate(domains):
@@ -93,12 +99,19 @@ def overview_png(analysis: StudyAnalysis, judge: str, path: Path, leads: list[tu
                         if tc.run_id != r["run_id"] or tc.judge != judge:
                             continue
                         c = tc.curve
-                        ax.plot(c.steps, c.mean, "--" if tc.trait in leaders else "-", color=colors[tc.trait], lw=1.5,
-                                label=tc.trait if r["seed"] == min(x["seed"] for x in runs) else None, alpha=0.9)
+                        ax.plot(
+                            c.steps,
+                            c.mean,
+                            "--" if tc.trait in leaders else "-",
+                            color=colors[tc.trait],
+                            lw=1.5,
+                            label=tc.trait if r["seed"] == min(x["seed"] for x in runs) else None,
+                            alpha=0.9,
+                        )
                 ax.set_ylim(-3, 103)
                 if zi == 1:
                     ax.set_xlim(0, zoom_steps)
-                ax.set_title(f"{dom} / {lv}" + (" (first %d steps)" % zoom_steps if zi == 1 else ""), fontsize=9)
+                ax.set_title(f"{dom} / {lv}" + (f" (first {zoom_steps} steps)" if zi == 1 else ""), fontsize=9)
                 ax.grid(alpha=0.3)
                 ax.tick_params(labelsize=7)
     axes[0][0].legend(fontsize=7)
@@ -107,7 +120,6 @@ def overview_png(analysis: StudyAnalysis, judge: str, path: Path, leads: list[tu
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
@@ -129,21 +141,54 @@ def run_plotly(analysis: StudyAnalysis, run_id: str, judge: str, leads: list[tup
         if c.lo is not None and c.hi is not None:
             lo = [None if not np.isfinite(v) else float(v) for v in c.lo]
             hi = [None if not np.isfinite(v) else float(v) for v in c.hi]
-            fig.add_trace(go.Scatter(x=x + x[::-1], y=hi + lo[::-1], fill="toself", fillcolor=colors[tc.trait], opacity=0.15,
-                                     line={"width": 0}, hoverinfo="skip", showlegend=False), row=1, col=1)
-        fig.add_trace(go.Scatter(x=x, y=y, name=tc.trait, mode="lines+markers",
-                                 line={"color": colors[tc.trait], "dash": "dash" if tc.trait in leaders else "solid"}), row=1, col=1)
+            fig.add_trace(
+                go.Scatter(
+                    x=x + x[::-1],
+                    y=hi + lo[::-1],
+                    fill="toself",
+                    fillcolor=colors[tc.trait],
+                    opacity=0.15,
+                    line={"width": 0},
+                    hoverinfo="skip",
+                    showlegend=False,
+                ),
+                row=1,
+                col=1,
+            )
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=y,
+                name=tc.trait,
+                mode="lines+markers",
+                line={"color": colors[tc.trait], "dash": "dash" if tc.trait in leaders else "solid"},
+            ),
+            row=1,
+            col=1,
+        )
         o = analysis.onset(run_id, judge, tc.trait)
         if o is not None and o.step is not None:
             fig.add_vline(x=o.step, line={"color": colors[tc.trait], "dash": "dot"}, row=1, col=1)
-            fig.add_annotation(x=o.step, y=100, text=f"onset {tc.trait}", showarrow=False, yshift=8 * sorted(colors).index(tc.trait),
-                               font={"size": 10, "color": colors[tc.trait]}, row=1, col=1)
+            fig.add_annotation(
+                x=o.step,
+                y=100,
+                text=f"onset {tc.trait}",
+                showarrow=False,
+                yshift=8 * sorted(colors).index(tc.trait),
+                font={"size": 10, "color": colors[tc.trait]},
+                row=1,
+                col=1,
+            )
     ck = analysis.checkpoints.get(run_id, [])
     held = [(c.step, c.heldout_loss) for c in ck if c.heldout_loss is not None]
     if held:
-        fig.add_trace(go.Scatter(x=[h[0] for h in held], y=[h[1] for h in held], name="held-out loss", line={"color": "grey"}), row=2, col=1)
+        fig.add_trace(
+            go.Scatter(x=[h[0] for h in held], y=[h[1] for h in held], name="held-out loss", line={"color": "grey"}), row=2, col=1
+        )
     fig.update_yaxes(title_text="score", range=[-3, 105], row=1, col=1)
     fig.update_yaxes(title_text="held-out loss", row=2, col=1)
     fig.update_xaxes(title_text="training step", row=2, col=1)
-    fig.update_layout(height=430, margin={"l": 50, "r": 20, "t": 30, "b": 40}, title={"text": f"{run_id} (judge: {judge})", "font": {"size": 13}})
+    fig.update_layout(
+        height=430, margin={"l": 50, "r": 20, "t": 30, "b": 40}, title={"text": f"{run_id} (judge: {judge})", "font": {"size": 13}}
+    )
     return fig.to_plotly_json()

@@ -43,7 +43,13 @@ def _fmt_ci(ci: Any) -> str:
 def safe_json(obj: Any) -> str:
     """JSON safe to place inside a <script> element."""
     text = json.dumps(obj, default=_default, allow_nan=False)
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return (
+        text.replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+        .replace("\u2028", "\\u2028")
+        .replace("\u2029", "\\u2029")
+    )
 
 
 def _default(o: Any) -> Any:
@@ -93,7 +99,11 @@ def _examples(store: Store, analysis: StudyAnalysis, per_checkpoint: int = 3) ->
                     "step": step,
                     "note": ", ".join(sorted(set(notes[step]))),
                     "answers": [
-                        {"question": g.question, "answer": g.answer, "scores": sorted(scores[(g.run_id, g.step, g.suite, g.question_id, g.sample)])}
+                        {
+                            "question": g.question,
+                            "answer": g.answer,
+                            "scores": sorted(scores[(g.run_id, g.step, g.suite, g.question_id, g.sample)]),
+                        }
                         for g in chosen
                     ],
                 }
@@ -103,7 +113,10 @@ def _examples(store: Store, analysis: StudyAnalysis, per_checkpoint: int = 3) ->
 
 
 def _disagreement_rows(store: Store, analysis: StudyAnalysis, per_pair: int = 5) -> list[dict[str, Any]]:
-    texts = {(g.run_id, g.step, g.suite, g.question_id, g.sample): (g.question, g.answer) for g in store.generations(settings_hash=analysis.settings_hash)}
+    texts = {
+        (g.run_id, g.step, g.suite, g.question_id, g.sample): (g.question, g.answer)
+        for g in store.generations(settings_hash=analysis.settings_hash)
+    }
     out = []
     for d in analysis.disagreements:
         q, a = texts.get((d.run_id, d.step, d.suite, d.question_id, d.sample), ("", ""))
@@ -126,7 +139,8 @@ def write_report(
     folder.mkdir(parents=True, exist_ok=True)
     leads = [tuple(x) for x in spec.analysis.leads]
     judge_names = sorted({c.judge for c in analysis.curves})
-    figures, pngs = [], []
+    figures: list[Any] = []
+    pngs: list[Any] = []
     for run in analysis.runs:
         for judge in judge_names:
             fig = run_plotly(analysis, run["run_id"], judge, leads)  # type: ignore[arg-type]
@@ -151,16 +165,29 @@ def write_report(
     for name, info in judges.items():
         sp = spend.get(name, {"judgments": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0})
         judge_rows.append(
-            {"name": name, "kind": info.get("kind"), "model": info.get("model"), "judgments": sp["judgments"],
-             "tokens": f"{sp['input_tokens']} / {sp['output_tokens']}", "cost": sp["cost_usd"]}
+            {
+                "name": name,
+                "kind": info.get("kind"),
+                "model": info.get("model"),
+                "judgments": sp["judgments"],
+                "tokens": f"{sp['input_tokens']} / {sp['output_tokens']}",
+                "cost": sp["cost_usd"],
+            }
         )
     runs = []
     for r in analysis.runs:
         ck = analysis.checkpoints.get(r["run_id"], [])
         held = [c.heldout_loss for c in ck if c.heldout_loss is not None]
         trainl = [c.train_loss for c in ck if c.train_loss is not None]
-        runs.append({"run_id": r["run_id"], "n": len(ck), "held_first": held[0] if held else None, "held_last": held[-1] if held else None,
-                     "train_last": trainl[-1] if trainl else None})
+        runs.append(
+            {
+                "run_id": r["run_id"],
+                "n": len(ck),
+                "held_first": held[0] if held else None,
+                "held_last": held[-1] if held else None,
+                "train_last": trainl[-1] if trainl else None,
+            }
+        )
     model_meta = store.get_meta("model")
     env = Environment(loader=PackageLoader("traitwatch.report", "templates"), autoescape=select_autoescape(default=True))
     html = env.get_template("report.html.j2").render(
@@ -178,7 +205,7 @@ def write_report(
         detector_names=[d["name"] for d in analysis.detectors],
         detectors=analysis.detectors,
         confidence_pct=int(round(spec.analysis.confidence * 100)),
-        leads=[l for l in analysis.leads if l.detector == "consensus"],
+        leads=[lead for lead in analysis.leads if lead.detector == "consensus"],
         summary=summary,
         figures=figures,
         figures_json=safe_json(figures),
@@ -189,7 +216,10 @@ def write_report(
         judge_count=len(judge_names),
         examples=_examples(store, analysis),
         runs=runs,
-        timings=[{"name": t.name, "seconds": t.seconds, "counts_text": ", ".join(f"{k}: {v}" for k, v in t.counts.items() if k != "files")} for t in timings],
+        timings=[
+            {"name": t.name, "seconds": t.seconds, "counts_text": ", ".join(f"{k}: {v}" for k, v in t.counts.items() if k != "files")}
+            for t in timings
+        ],
         judges=judge_rows,
         overview_pngs=overview,
         zoomed=max((int(c.curve.steps.max()) for c in analysis.curves if len(c.curve)), default=0) > 100,
@@ -207,6 +237,6 @@ def write_report(
     tmp.write_text(html, encoding="utf-8")
     tmp.replace(path)
     (folder / "analysis.json").write_text(
-        json.dumps(_clean({"leads": [asdict(l) for l in analysis.leads], "summary": analysis.summary}), indent=1, default=str)
+        json.dumps(_clean({"leads": [asdict(lead) for lead in analysis.leads], "summary": analysis.summary}), indent=1, default=str)
     )
     return path

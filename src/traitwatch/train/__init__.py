@@ -1,43 +1,38 @@
-"""LoRA SFT with dense checkpoints, assistant-only loss, and exact resume."""
+"""LoRA SFT with dense checkpoints, assistant-only loss, and exact resume.
 
-from ._checkpoints import ADAPTER_FILE, is_intact, list_checkpoints, read_meta, remove_partial, step_dir, verify
+``train_run`` trains one run and reports what it wrote as events; ``TrainCallback`` is the
+plug-in point for live monitors. Tests and benchmarks import the private modules directly.
+"""
+
+from ._checkpoints import verify
 from ._loop import (
+    CheckpointDropped,
     CheckpointEvent,
+    CheckpointSaved,
+    RunFinished,
     RunPlan,
+    RunStarted,
     TrainCallback,
+    TrainEvent,
     TrainResult,
-    heldout_loss,
-    lr_at,
     split_heldout,
-    step_examples,
-    token_loss,
     total_steps,
     train_run,
 )
-from ._tokenize import IGNORE, Encoded, chat_segments, collate, encode_chat, encode_prompt
+from ._tokenize import encode_prompt
 
 __all__ = [
-    "ADAPTER_FILE",
-    "IGNORE",
+    "CheckpointDropped",
     "CheckpointEvent",
-    "Encoded",
+    "CheckpointSaved",
+    "RunFinished",
     "RunPlan",
+    "RunStarted",
     "TrainCallback",
+    "TrainEvent",
     "TrainResult",
-    "chat_segments",
-    "collate",
-    "encode_chat",
     "encode_prompt",
-    "heldout_loss",
-    "is_intact",
-    "list_checkpoints",
-    "lr_at",
-    "read_meta",
-    "remove_partial",
     "split_heldout",
-    "step_dir",
-    "step_examples",
-    "token_loss",
     "total_steps",
     "train_run",
     "verify",

@@ -4,6 +4,13 @@ Why one function: the training loop is where subtle bugs hide (loss masking, sch
 off-by-ones, resume drift); a reader should see all of it in one sitting. Plain values
 configure it. The one plug-in point is ``TrainCallback.on_checkpoint`` (the live monitor).
 
+Why the loop does not write the study store: data flows one way and the pipeline owns
+persistence. The loop reports what happened on disk as events (``record``: run started,
+checkpoint saved, damaged checkpoint dropped, run finished); the pipeline turns them into
+store rows. The same loop therefore runs in process, under a watcher or on a cluster worker.
+The checkpoint folders are the truth: a run that a callback stopped leaves a
+``STOPPED.json`` beside its checkpoints, so a rerun does not train it further.
+
 Conventions (stated once, used everywhere):
   * ``step`` counts optimizer updates done. Checkpoint ``step_000000`` is the untouched
     base (a fresh LoRA with B = 0); checkpoint ``s`` holds the adapter after s updates.
@@ -19,6 +26,7 @@ Conventions (stated once, used everywhere):
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
@@ -38,7 +46,6 @@ from traitwatch.data import ChatExample
 from traitwatch.errors import DataError
 from traitwatch.models import LoadedModel, head_logits, split_lm
 from traitwatch.progress import console
-from traitwatch.store import CheckpointRow, Store
 
 from ._checkpoints import (
     drop_train_state,
@@ -51,15 +58,12 @@ from ._checkpoints import (
     read_meta,
     remove_partial,
     step_dir,
-    verify,
     write_checkpoint,
 )
 from ._tokenize import IGNORE, Encoded, collate, encode_chat
 
-# peft asks transformers `is_gradient_checkpointing`, which transformers now deprecates with a
-# FutureWarning on every LoRA wrap; it is about their API, not the user's study, so keep it out
-# of the user's terminal.
-warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+#: Written beside a run's checkpoints when a callback stopped it; a rerun leaves the run as it is.
+STOPPED_FILE = "STOPPED.json"
 
 
 @dataclass
@@ -99,6 +103,56 @@ class TrainCallback(Protocol):
     def on_checkpoint(self, event: CheckpointEvent) -> bool:
         """Called on the training thread after each checkpoint; return True to stop the run."""
         ...
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    """Training of a run begins (or resumes): the sizes the data split gave."""
+
+    run_id: str
+    n_train: int
+    n_heldout: int
+    total_steps: int
+    info: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    """A complete checkpoint folder is on disk (new, or found intact from an earlier run)."""
+
+    run_id: str
+    step: int
+    path: Path
+    adapter_sha: str
+    train_loss: float | None
+    heldout_loss: float | None
+    learning_rate: float | None
+    tokens_seen: int | None
+    elapsed_s: float | None
+
+
+@dataclass(frozen=True)
+class CheckpointDropped:
+    """A damaged checkpoint folder was deleted; training redoes it."""
+
+    run_id: str
+    step: int
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    run_id: str
+    last_step: int
+    stopped_early: bool
+
+
+TrainEvent = RunStarted | CheckpointSaved | CheckpointDropped | RunFinished
+#: Receives every event of a run in order, on the training thread.
+Record = Callable[[TrainEvent], None]
+
+
+def _ignore(event: TrainEvent) -> None:
+    return None
 
 
 @dataclass
@@ -204,7 +258,7 @@ def _lora_config(spec: LoraSpec) -> Any:
 
     return LoraConfig(
         r=spec.r,
-        lora_alpha=spec.alpha,
+        lora_alpha=spec.alpha,  # type: ignore[arg-type]  # typed int by peft; used as a float scale alpha / r
         lora_dropout=spec.dropout,
         target_modules=spec.target_modules,
         use_rslora=spec.use_rslora,
@@ -244,8 +298,8 @@ def encode_examples(base: LoadedModel, plan: RunPlan) -> list[Encoded]:
 def train_run(
     plan: RunPlan,
     base: LoadedModel,
-    store: Store,
     *,
+    record: Record = _ignore,
     callbacks: Sequence[TrainCallback] = (),
     on_step: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
@@ -254,7 +308,7 @@ def train_run(
     Args:
         plan: the run.
         base: the loaded base model; LoRA is attached for the run and removed afterwards.
-        store: where runs and checkpoints are recorded.
+        record: receives what happened on disk (see ``TrainEvent``); the pipeline stores it.
         callbacks: live monitors; any returning True stops the run after that checkpoint.
         on_step: progress hook called with (steps done, total steps).
     """
@@ -270,41 +324,33 @@ def train_run(
     g = torch.Generator().manual_seed(1_000_003 * plan.seed + 31)
     held = [encoded[held_idx[i]] for i in torch.randperm(len(held_idx), generator=g)[: spec.heldout_eval_max].tolist()]
     steps = total_steps(len(train), spec)
-    store.upsert_run(
-        run_id=plan.run_id,
-        fingerprint=plan.fingerprint,
-        domain=plan.domain,
-        level=plan.level,
-        seed=plan.seed,
-        model=base.identity,
-        dataset_sha=plan.dataset_sha,
-        n_train=len(train),
-        n_heldout=len(held),
-        total_steps=steps,
-        info={"save_every": spec.save_every, "effective_batch": spec.effective_batch_size},
-    )
+    info = {"save_every": spec.save_every, "effective_batch": spec.effective_batch_size}
+    record(RunStarted(plan.run_id, len(train), len(held), steps, info))
 
     # -- what is already on disk -----------------------------------------------------------
     ckdir = plan.checkpoint_dir
     remove_partial(ckdir)
-    on_disk = _drop_damaged(list_checkpoints(ckdir), store, plan.run_id)
-    stored = {c.step for c in store.checkpoints(plan.run_id)}
-    for step, folder in on_disk:
-        if step not in stored:
-            _record(store, plan.run_id, folder, read_meta(folder))
-    status = next((r["status"] for r in store.runs() if r["run_id"] == plan.run_id), "planned")
+    on_disk = _drop_damaged(list_checkpoints(ckdir), record, plan.run_id)
+    for _, folder in on_disk:
+        record(_saved(plan.run_id, folder, read_meta(folder)))
+    was_stopped = (ckdir / STOPPED_FILE).exists()
     last = on_disk[-1][0] if on_disk else None
-    if last is not None and (last >= steps or status == "stopped_early"):
+    if last is not None and (last >= steps or was_stopped):
         if on_step:
             on_step(steps, steps)
-        return TrainResult(plan.run_id, steps, last, last, status == "stopped_early", time.time() - t0, 0, 0.0, [s for s, _ in on_disk])
+        record(RunFinished(plan.run_id, last, was_stopped))
+        return TrainResult(plan.run_id, steps, last, last, was_stopped, time.time() - t0, 0, 0.0, [s for s, _ in on_disk])
 
     # -- model and optimizer ---------------------------------------------------------------
     from peft import get_peft_model, set_peft_model_state_dict
     from peft.utils import get_peft_model_state_dict
 
     torch.manual_seed(plan.seed)
-    model = get_peft_model(base.model, _lora_config(plan.lora))
+    with warnings.catch_warnings():
+        # peft asks transformers `is_gradient_checkpointing`, deprecated with a FutureWarning on
+        # every LoRA wrap: about their API, not the user's study. Scoped here, never global.
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = get_peft_model(base.model, _lora_config(plan.lora))
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="traitwatch-ckpt")
     pending: list[tuple[Future[dict[str, Any]], Path]] = []
     saved: list[int] = [s for s, _ in on_disk]
@@ -316,7 +362,7 @@ def train_run(
         while pending:
             fut, folder = pending.pop(0)
             meta = fut.result()
-            _record(store, plan.run_id, folder, meta)
+            record(_saved(plan.run_id, folder, meta))
             for older_step, older in list_checkpoints(ckdir)[:-2]:
                 if older_step < meta["step"]:
                     drop_train_state(older)
@@ -394,8 +440,10 @@ def train_run(
             if done % spec.save_every == 0 or done == steps:
                 save(done, sum(window) / len(window), lr, tokens)
                 window = []
-    except _StopRun:
+    except _StopRun as stop:
         stopped = True
+        ckdir.mkdir(parents=True, exist_ok=True)
+        (ckdir / STOPPED_FILE).write_text(json.dumps({"step": stop.step, "at": time.time()}))
     finally:
         try:
             settle()
@@ -403,27 +451,23 @@ def train_run(
             writer.shutdown(wait=True)
             model.unload()
             base.model.eval()
-    store.set_run_status(plan.run_id, "stopped_early" if stopped else "trained")
-    return TrainResult(
-        plan.run_id, steps, saved[-1], resumed_from, stopped, time.time() - t0, steps - start, save_wait, sorted(set(saved))
-    )
+    record(RunFinished(plan.run_id, saved[-1], stopped))
+    return TrainResult(plan.run_id, steps, saved[-1], resumed_from, stopped, time.time() - t0, steps - start, save_wait, sorted(set(saved)))
 
 
-def _drop_damaged(on_disk: list[tuple[int, Path]], store: Store, run_id: str) -> list[tuple[int, Path]]:
+def _drop_damaged(on_disk: list[tuple[int, Path]], record: Record, run_id: str) -> list[tuple[int, Path]]:
     """Delete checkpoints whose adapter no longer matches its meta, and every later one.
 
     The size is checked for all (cheap); the sha256 for the two latest (the ones training
-    resumes from). Deleted checkpoints are redone by training; their store rows are removed
-    so nothing downstream reads a stale record.
+    resumes from). Deleted checkpoints are redone by training; a ``CheckpointDropped`` event
+    lets the pipeline remove their records so nothing downstream reads a stale one.
     """
-    damaged = next(
-        (i for i, (_, folder) in enumerate(on_disk) if not is_intact(folder, full=i >= len(on_disk) - 2)), None
-    )
+    damaged = next((i for i, (_, folder) in enumerate(on_disk) if not is_intact(folder, full=i >= len(on_disk) - 2)), None)
     if damaged is None:
         return on_disk
     for step, folder in on_disk[damaged:]:
         shutil.rmtree(folder, ignore_errors=True)
-        store.delete_checkpoint(run_id, step)
+        record(CheckpointDropped(run_id, step))
     console.print(f"  {run_id}: checkpoint step {on_disk[damaged][0]} is damaged; redoing it and the ones after it")
     return on_disk[:damaged]
 
@@ -434,17 +478,15 @@ class _StopRun(Exception):
         self.step = step
 
 
-def _record(store: Store, run_id: str, folder: Path, meta: dict[str, Any]) -> None:
-    store.add_checkpoint(
-        CheckpointRow(
-            run_id=run_id,
-            step=int(meta["step"]),
-            path=str(folder),
-            adapter_sha=str(meta["adapter_sha"]),
-            train_loss=meta.get("train_loss"),
-            heldout_loss=meta.get("heldout_loss"),
-            learning_rate=meta.get("learning_rate"),
-            tokens_seen=meta.get("tokens_seen"),
-            elapsed_s=meta.get("elapsed_s"),
-        )
+def _saved(run_id: str, folder: Path, meta: dict[str, Any]) -> CheckpointSaved:
+    return CheckpointSaved(
+        run_id=run_id,
+        step=int(meta["step"]),
+        path=folder,
+        adapter_sha=str(meta["adapter_sha"]),
+        train_loss=meta.get("train_loss"),
+        heldout_loss=meta.get("heldout_loss"),
+        learning_rate=meta.get("learning_rate"),
+        tokens_seen=meta.get("tokens_seen"),
+        elapsed_s=meta.get("elapsed_s"),
     )

@@ -70,9 +70,7 @@ def encode_chat(tokenizer: Any, example: ChatExample, max_length: int) -> Encode
 
 def encode_prompt(tokenizer: Any, question: str, system_prompt: str | None = None) -> list[int]:
     """Token ids of a one-question conversation ready for the assistant's answer."""
-    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-        {"role": "user", "content": question}
-    ]
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [{"role": "user", "content": question}]
     text = _render(tokenizer, messages, gen=True)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
