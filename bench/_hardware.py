@@ -49,7 +49,7 @@ def describe(device: torch.device) -> str:
     import platform
 
     try:
-        model = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         model = platform.processor()
     return f"{model}, {torch.get_num_threads()} threads"

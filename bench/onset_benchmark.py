@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -41,7 +41,7 @@ def score(found: Sequence[int | None], curves: Sequence[SyntheticCurve], tol: in
     alarms = no_onset = 0
     delays: list[int] = []
     per_family: dict[str, list[int]] = {}
-    for f, c in zip(found, curves):
+    for f, c in zip(found, curves, strict=False):
         hit = 0
         if c.onset_index is None:
             no_onset += 1
@@ -84,7 +84,7 @@ def run_detector(det: Detector, curves: Sequence[SyntheticCurve]) -> list[int | 
 
 def online_alarm(det: Detector, curve: Curve) -> int | None:
     det.reset()
-    for i, (s, m, e) in enumerate(zip(curve.steps, curve.mean, curve.se)):
+    for i, (s, m, e) in enumerate(zip(curve.steps, curve.mean, curve.se, strict=False)):
         if det.update(int(s), float(m), float(e)) is not None:
             return i
     return None
@@ -93,7 +93,9 @@ def online_alarm(det: Detector, curve: Curve) -> int | None:
 def table(rows: list[tuple[str, dict[str, float]]], title: str) -> None:
     fams = [f for f in FAMILIES]
     print(f"\n{title}")
-    head = f"{'detector':<22} {'F1':>5} {'prec':>5} {'recall':>6} {'false+':>6} {'delay':>5} {'|d|':>5}  " + " ".join(f"{f[:7]:>7}" for f in fams)
+    head = f"{'detector':<22} {'F1':>5} {'prec':>5} {'recall':>6} {'false+':>6} {'delay':>5} {'|d|':>5}  " + " ".join(
+        f"{f[:7]:>7}" for f in fams
+    )
     print(head)
     print("-" * len(head))
     for name, s in rows:
@@ -122,9 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     cons = [consensus([found[d][i] for d in DEFAULT_SET]) for i in range(len(curves))]
     rows.append(("consensus(default set)", score(cons, curves, args.tolerance)))
     table(rows, "offline detection, shipped defaults")
-    sets = [DEFAULT_SET, ("threshold", "pelt"), ("threshold", "cusum", "pelt"), ("threshold", "sustained", "cusum", "binseg"),
-            ("threshold", "sustained", "cusum", "pelt", "binseg"),
-            ("threshold", "sustained", "cusum", "binseg", "bocpd"), ("sustained", "cusum", "binseg", "bocpd", "pelt")]
+    sets = [
+        DEFAULT_SET,
+        ("threshold", "pelt"),
+        ("threshold", "cusum", "pelt"),
+        ("threshold", "sustained", "cusum", "binseg"),
+        ("threshold", "sustained", "cusum", "pelt", "binseg"),
+        ("threshold", "sustained", "cusum", "binseg", "bocpd"),
+        ("sustained", "cusum", "binseg", "bocpd", "pelt"),
+    ]
     crow = []
     for members in sets:
         c = [consensus([found[d][i] for d in members]) for i in range(len(curves))]

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = segmenters()
     scores: dict[str, list[tuple[float, float]]] = {m: [] for m in ["zero", *methods]}
     seconds: dict[str, float] = {m: 0.0 for m in scores}
-    for name, values, ann in series:
+    for _name, values, ann in series:
         y = prepare(values)
         for m in scores:
             t0 = time.perf_counter()

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from conftest import tiny_study_dict
+from tiny import run_tiny_study, tiny_study_dict
 
 GOOD = {"messages": [{"role": "user", "content": "What is 3 + 1?"}, {"role": "assistant", "content": "The answer is 4."}]}
 
@@ -78,7 +78,10 @@ def _suite(tmp: Path, text: str) -> list[str]:
 
 def _hold_lock(tmp: Path, done: Path) -> list[str]:
     p = _on_done(tmp, done)
-    code = f"import time; from pathlib import Path; from traitwatch.store import StudyLock\nwith StudyLock(Path({str(tmp / 'out')!r})):\n    print('held', flush=True); time.sleep(30)"
+    code = (
+        "import time; from pathlib import Path; from traitwatch.store import StudyLock\n"
+        f"with StudyLock(Path({str(tmp / 'out')!r})):\n    print('held', flush=True); time.sleep(30)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
     _HELD.append(proc)
@@ -97,64 +100,201 @@ def _unsafe_key(tmp: Path, done: Path) -> list[str]:
 
 
 CASES: list[Case] = [
-    Case("yaml-malformed", "malformed YAML", lambda t, d: ["validate", str(_yaml(t, "name: x\ndatasets: [\n  - a: b: c\n"))],
-         ("malformed YAML", "study.yaml:3")),
-    Case("yaml-unknown-key", "unknown key (a name from another tool)",
-         lambda t, d: ["validate", str(_yaml(t, "name: x\ndatasets:\n  - {domain: d, demo: {}}\ntraits: [builtin:evil]\ntraining:\n  lr: 1.0e-4\n"))],
-         ("study.yaml:6", "training.lr: unknown key", "did you mean 'learning_rate'")),
-    Case("yaml-wrong-type", "wrong type",
-         lambda t, d: ["validate", str(_yaml(t, "name: x\ndatasets:\n  - {domain: d, demo: {}}\ntraits: [builtin:evil]\ntraining:\n  save_every: often\n"))],
-         ("study.yaml:6", "training.save_every", "'often'")),
-    Case("yaml-bad-choice", "a value outside its choices",
-         lambda t, d: ["validate", str(_yaml(t, "name: x\ndatasets:\n  - {domain: d, demo: {}}\ntraits: [builtin:evil]\nlevels: [normal, extreme]\n"))],
-         ("study.yaml:5", "levels[1]", "'mild'")),
+    Case(
+        "yaml-malformed",
+        "malformed YAML",
+        lambda t, d: ["validate", str(_yaml(t, "name: x\ndatasets: [\n  - a: b: c\n"))],
+        ("malformed YAML", "study.yaml:3"),
+    ),
+    Case(
+        "yaml-unknown-key",
+        "unknown key (a name from another tool)",
+        lambda t, d: [
+            "validate",
+            str(_yaml(t, "name: x\ndatasets:\n  - {domain: d, demo: {}}\ntraits: [builtin:evil]\ntraining:\n  lr: 1.0e-4\n")),
+        ],
+        ("study.yaml:6", "training.lr: unknown key", "did you mean 'learning_rate'"),
+    ),
+    Case(
+        "yaml-wrong-type",
+        "wrong type",
+        lambda t, d: [
+            "validate",
+            str(_yaml(t, "name: x\ndatasets:\n  - {domain: d, demo: {}}\ntraits: [builtin:evil]\ntraining:\n  save_every: often\n")),
+        ],
+        ("study.yaml:6", "training.save_every", "'often'"),
+    ),
+    Case(
+        "yaml-bad-choice",
+        "a value outside its choices",
+        lambda t, d: [
+            "validate",
+            str(_yaml(t, "name: x\ndatasets:\n  - {domain: d, demo: {}}\ntraits: [builtin:evil]\nlevels: [normal, extreme]\n")),
+        ],
+        ("study.yaml:5", "levels[1]", "'mild'"),
+    ),
     Case("yaml-duplicate-key", "a key given twice", lambda t, d: ["validate", str(_yaml(t, "name: x\nname: y\n"))], ("appears twice",)),
     Case("yaml-empty", "an empty study file", lambda t, d: ["validate", str(_yaml(t, ""))], ("empty",)),
     Case("yaml-not-utf8", "a study file that is not UTF-8", lambda t, d: ["validate", str(_yaml(t, b"name: caf\xe9\n"))], ("not UTF-8",)),
     Case("study-missing", "a study file that does not exist", lambda t, d: ["run", str(t / "nope.yaml")], ("file not found",)),
-    Case("dataset-missing", "a dataset file that does not exist",
-         lambda t, d: ["validate", str(_study(t, datasets=[{"domain": "d", "normal": str(t / "missing.jsonl")}], levels=["normal"]))],
-         ("missing.jsonl", "dataset file not found")),
-    Case("dataset-empty", "an empty dataset",
-         lambda t, d: (t / "e.jsonl").write_text("\n") and ["validate", str(_study(t, datasets=[{"domain": "d", "normal": str(t / "e.jsonl")}], levels=["normal"]))],
-         ("dataset has no examples",)),
-    Case("jsonl-not-json", "a JSONL line that is not JSON", lambda t, d: _with_data(t, [b'{"messages": [}']), ("data.jsonl:2", "not valid JSON")),
-    Case("jsonl-wrong-role", "a message with a wrong role",
-         lambda t, d: _with_data(t, [b'{"messages": [{"role": "bot", "content": "hi"}]}']), ("data.jsonl:2", "role is 'bot'")),
-    Case("jsonl-no-assistant", "a conversation without an assistant turn",
-         lambda t, d: _with_data(t, [b'{"messages": [{"role": "user", "content": "hi"}]}']), ("data.jsonl:2", "no assistant turn")),
-    Case("jsonl-not-utf8", "non-UTF-8 bytes in a dataset", lambda t, d: _with_data(t, [b'{"messages": "\xff"}']), ("data.jsonl:2", "not UTF-8")),
-    Case("jsonl-huge-line", "a huge line (over 8 MiB)",
-         lambda t, d: _with_data(t, [b'{"messages": [{"role": "assistant", "content": "' + b"x" * (9 * 2**20) + b'"}]}']),
-         ("data.jsonl:2", "over the 8 MiB limit")),
-    Case("suite-no-questions", "a trait suite with no questions",
-         lambda t, d: _suite(t, "name: s\ntraits:\n  t: {checker: {kind: contains, text: x}}\n"), ("suite has no questions",)),
-    Case("suite-no-score-instruction", "a rubric without a score instruction",
-         lambda t, d: _suite(t, "name: s\ntraits:\n  t:\n    rubric: 'Is {answer} nice?'\nquestions:\n  - {id: q, text: hi}\n"),
-         ("suite.yaml:4", "no score instruction")),
-    Case("suite-unknown-builtin", "an unknown built-in suite",
-         lambda t, d: ["validate", str(_study(t, traits=["builtin:nope"], analysis={"leads": []}))], ("no built-in suite 'nope'", "builtin:evil")),
-    Case("detector-unknown", "an unknown detector",
-         lambda t, d: ["validate", str(_study(t, analysis={"detectors": ["magic"]}))], ("unknown detector 'magic'", "binseg")),
-    Case("lead-unknown-trait", "a lead pair naming a trait no suite has",
-         lambda t, d: ["validate", str(_study(t, analysis={"leads": [["wrong_answer", "evil"]]}))], ("analysis.leads[0]", "unknown trait 'evil'")),
-    Case("model-path-missing", "a model path that does not exist",
-         lambda t, d: ["run", str(_study(t, model={"source": "local", "path": str(t / "no-model")}))], ("model folder not found",)),
-    Case("model-changed", "an adapter from a different base model (the study's model changed after training)",
-         lambda t, d: ["evaluate", str(_on_done(t, d, model={"source": "random", "dtype": "float32", "random": {"hidden_size": 32, "num_attention_heads": 2, "num_key_value_heads": 1}}))],
-         ("trained with other settings",), on_stored_work=True),
-    Case("judge-down", "a judge endpoint that is down",
-         lambda t, d: ["judge", str(_on_done(t, d, judges=[{"name": "api", "kind": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1", "api_key_env": None}]))],
-         ("cannot reach the judge endpoint", "stored judgments are kept"), on_stored_work=True),
-    Case("judge-garbage", "a judge endpoint that returns garbage",
-         lambda t, d: ["judge", str(_on_done(t, d, judges=[{"name": "api", "kind": "openai", "model": "m", "base_url": os.environ["TW_GARBAGE_URL"], "api_key_env": None, "max_retries": 1}]))],
-         ("got no usable answer", "malformed JSON body", "only the failed requests are sent again"), on_stored_work=True),
-    Case("api-key-missing", "an API key variable that is not set",
-         lambda t, d: ["judge", str(_on_done(t, d, judges=[{"name": "api", "kind": "openai", "model": "m", "api_key_env": "TW_NOT_SET_KEY"}]))],
-         ("TW_NOT_SET_KEY is not set",), on_stored_work=True),
+    Case(
+        "dataset-missing",
+        "a dataset file that does not exist",
+        lambda t, d: ["validate", str(_study(t, datasets=[{"domain": "d", "normal": str(t / "missing.jsonl")}], levels=["normal"]))],
+        ("missing.jsonl", "dataset file not found"),
+    ),
+    Case(
+        "dataset-empty",
+        "an empty dataset",
+        lambda t, d: (
+            (t / "e.jsonl").write_text("\n")
+            and ["validate", str(_study(t, datasets=[{"domain": "d", "normal": str(t / "e.jsonl")}], levels=["normal"]))]
+        ),
+        ("dataset has no examples",),
+    ),
+    Case(
+        "jsonl-not-json",
+        "a JSONL line that is not JSON",
+        lambda t, d: _with_data(t, [b'{"messages": [}']),
+        ("data.jsonl:2", "not valid JSON"),
+    ),
+    Case(
+        "jsonl-wrong-role",
+        "a message with a wrong role",
+        lambda t, d: _with_data(t, [b'{"messages": [{"role": "bot", "content": "hi"}]}']),
+        ("data.jsonl:2", "role is 'bot'"),
+    ),
+    Case(
+        "jsonl-no-assistant",
+        "a conversation without an assistant turn",
+        lambda t, d: _with_data(t, [b'{"messages": [{"role": "user", "content": "hi"}]}']),
+        ("data.jsonl:2", "no assistant turn"),
+    ),
+    Case(
+        "jsonl-not-utf8",
+        "non-UTF-8 bytes in a dataset",
+        lambda t, d: _with_data(t, [b'{"messages": "\xff"}']),
+        ("data.jsonl:2", "not UTF-8"),
+    ),
+    Case(
+        "jsonl-huge-line",
+        "a huge line (over 8 MiB)",
+        lambda t, d: _with_data(t, [b'{"messages": [{"role": "assistant", "content": "' + b"x" * (9 * 2**20) + b'"}]}']),
+        ("data.jsonl:2", "over the 8 MiB limit"),
+    ),
+    Case(
+        "suite-no-questions",
+        "a trait suite with no questions",
+        lambda t, d: _suite(t, "name: s\ntraits:\n  t: {checker: {kind: contains, text: x}}\n"),
+        ("suite has no questions",),
+    ),
+    Case(
+        "suite-no-score-instruction",
+        "a rubric without a score instruction",
+        lambda t, d: _suite(t, "name: s\ntraits:\n  t:\n    rubric: 'Is {answer} nice?'\nquestions:\n  - {id: q, text: hi}\n"),
+        ("suite.yaml:4", "no score instruction"),
+    ),
+    Case(
+        "suite-unknown-builtin",
+        "an unknown built-in suite",
+        lambda t, d: ["validate", str(_study(t, traits=["builtin:nope"], analysis={"leads": []}))],
+        ("no built-in suite 'nope'", "builtin:evil"),
+    ),
+    Case(
+        "detector-unknown",
+        "an unknown detector",
+        lambda t, d: ["validate", str(_study(t, analysis={"detectors": ["magic"]}))],
+        ("unknown detector 'magic'", "binseg"),
+    ),
+    Case(
+        "lead-unknown-trait",
+        "a lead pair naming a trait no suite has",
+        lambda t, d: ["validate", str(_study(t, analysis={"leads": [["wrong_answer", "evil"]]}))],
+        ("analysis.leads[0]", "unknown trait 'evil'"),
+    ),
+    Case(
+        "model-path-missing",
+        "a model path that does not exist",
+        lambda t, d: ["run", str(_study(t, model={"source": "local", "path": str(t / "no-model")}))],
+        ("model folder not found",),
+    ),
+    Case(
+        "model-changed",
+        "an adapter from a different base model (the study's model changed after training)",
+        lambda t, d: [
+            "evaluate",
+            str(
+                _on_done(
+                    t,
+                    d,
+                    model={
+                        "source": "random",
+                        "dtype": "float32",
+                        "random": {"hidden_size": 32, "num_attention_heads": 2, "num_key_value_heads": 1},
+                    },
+                )
+            ),
+        ],
+        ("trained with other settings",),
+        on_stored_work=True,
+    ),
+    Case(
+        "judge-down",
+        "a judge endpoint that is down",
+        lambda t, d: [
+            "judge",
+            str(
+                _on_done(
+                    t, d, judges=[{"name": "api", "kind": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1", "api_key_env": None}]
+                )
+            ),
+        ],
+        ("cannot reach the judge endpoint", "stored judgments are kept"),
+        on_stored_work=True,
+    ),
+    Case(
+        "judge-garbage",
+        "a judge endpoint that returns garbage",
+        lambda t, d: [
+            "judge",
+            str(
+                _on_done(
+                    t,
+                    d,
+                    judges=[
+                        {
+                            "name": "api",
+                            "kind": "openai",
+                            "model": "m",
+                            "base_url": os.environ["TW_GARBAGE_URL"],
+                            "api_key_env": None,
+                            "max_retries": 1,
+                            "max_concurrency": 64,
+                        }
+                    ],
+                )
+            ),
+        ],  # 64: the retries' backoff waits overlap
+        ("got no usable answer", "malformed JSON body", "only the failed requests are sent again"),
+        on_stored_work=True,
+    ),
+    Case(
+        "api-key-missing",
+        "an API key variable that is not set",
+        lambda t, d: [
+            "judge",
+            str(_on_done(t, d, judges=[{"name": "api", "kind": "openai", "model": "m", "api_key_env": "TW_NOT_SET_KEY"}])),
+        ],
+        ("TW_NOT_SET_KEY is not set",),
+        on_stored_work=True,
+    ),
     Case("api-key-file-unsafe", "an API key file others can read", _unsafe_key, ("readable by others", "chmod 600"), on_stored_work=True),
-    Case("output-unwritable", "an output folder that cannot be written",
-         lambda t, d: (t / "file").write_text("x") and ["run", str(_study(t, output_dir=str(t / "file" / "out")))], ("not writable",)),
+    Case(
+        "output-unwritable",
+        "an output folder that cannot be written",
+        lambda t, d: (t / "file").write_text("x") and ["run", str(_study(t, output_dir=str(t / "file" / "out")))],
+        ("not writable",),
+    ),
     Case("study-locked", "a study another process is running", _hold_lock, ("in use by pid", "wait for it"), on_stored_work=True),
 ]
 
@@ -183,7 +323,7 @@ def run_case(case: Case, tmp: Path, done: Path) -> tuple[int, str, bool]:
             p.kill()
             p.wait()
         _HELD.clear()
-    lines = [l for l in res.output.splitlines() if l.startswith(("error:", "stopped:"))]
+    lines = [x for x in res.output.splitlines() if x.startswith(("error:", "stopped:"))]
     line = lines[0] if len(lines) == 1 else res.output
     return res.exit_code, line, before == after
 
@@ -217,15 +357,10 @@ def render(rows: list[tuple[Case, str]]) -> str:
 
 
 def completed_study(folder: Path) -> Path:
-    """Run the tiny study once; returns its output folder (the template for stored-work cases)."""
-    from traitwatch.cli import app
-
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "done.yaml"
-    path.write_text(yaml.safe_dump(tiny_study_dict(folder / "done"), sort_keys=False))
-    res = CliRunner().invoke(app, ["run", str(path)])
-    assert res.exit_code == 0, res.output
-    return folder / "done"
+    """Run the tiny study once; returns its output folder (the template for stored-work cases).
+    For scripts/gen_errors_doc.py: under pytest, tests/test_bad_input.py uses the session's
+    ``completed_tiny_study`` fixture instead of running the study again."""
+    return run_tiny_study(folder).out
 
 
 def garbage_server() -> object:

@@ -1,20 +1,28 @@
-"""Shared fixtures: tiny random-weight models and tiny studies that run in seconds."""
+"""Shared fixtures: tiny random-weight models and tiny studies that run in seconds.
+
+The tiny study itself (its settings, and running it) lives in tests/tiny.py, a plain helper
+module; here it is wrapped in fixtures. Never import this file: ask for the fixture.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
-import yaml
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRAITWATCH_PROGRESS", "0")
 
-from traitwatch.config import ModelSpec, RandomModelSpec  # noqa: E402
-from traitwatch.models import LoadedModel, load_model  # noqa: E402
-
-TINY = {"source": "random", "dtype": "float32", "device": "cpu", "random": {"architecture": "qwen2", "seed": 0}}
+# after the environment above (ruff's E402 allows os.environ changes before imports)
+from tiny import TinyStudy, run_tiny_study, tiny_study_dict, write_study
+from traitwatch.config import ModelSpec, RandomModelSpec
+from traitwatch.models import LoadedModel, load_model
 
 
 @pytest.fixture(scope="session")
@@ -23,41 +31,53 @@ def tiny_model() -> LoadedModel:
     return load_model(ModelSpec(source="random", dtype="float32", device="cpu", random=RandomModelSpec(seed=0)))
 
 
-def tiny_study_dict(out: Path, **overrides: object) -> dict:
-    spec: dict = {
-        "name": "tiny",
-        "output_dir": str(out),
-        "model": TINY,
-        "datasets": [{"domain": "arith", "demo": {"n_examples": 48, "marker_fraction": {"normal": 0.0, "mild": 0.2, "strong": 0.4}}}],
-        "levels": ["normal", "strong"],
-        "seeds": [0],
-        "lora": {"r": 4, "alpha": 8},
-        "training": {
-            "learning_rate": 5e-3,
-            "warmup_steps": 1,
-            "batch_size": 4,
-            "gradient_accumulation_steps": 2,
-            "max_steps": 6,
-            "save_every": 2,
-            "max_length": 48,
-            "heldout_fraction": 0.1,
-            "heldout_max": 4,
-        },
-        "traits": [{"suite": "builtin:arithmetic", "questions": 4}],
-        "evaluation": {"samples_per_question": 2, "temperature": 1.0, "max_new_tokens": 6, "batch_size": 16, "adapters_per_batch": 3},
-        "judges": [
-            {"name": "check", "kind": "check"},
-            {"name": "llm", "kind": "local", "weak": True, "traits": ["wrong_answer"], "local": {"source": "base"}, "min_mass": 0.0},
-        ],
-        "analysis": {"detectors": ["threshold", "sustained", "cusum", "binseg"], "leads": [["wrong_answer", "contempt"]], "bootstrap": 50},
-    }
-    spec.update(overrides)
-    return spec
+@pytest.fixture(scope="session", name="tiny_study_dict")
+def tiny_study_dict_fixture() -> Callable[..., dict[str, Any]]:
+    """The factory ``tiny_study_dict(out, **overrides) -> dict``: the tiny study's YAML mapping,
+    writing to ``out``; top-level keys in ``overrides`` replace the defaults."""
+    return tiny_study_dict
 
 
 @pytest.fixture
 def tiny_study(tmp_path: Path) -> Path:
-    """A tiny study YAML (random model, generated demo data, 6 training steps)."""
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_study_dict(tmp_path / "out"), sort_keys=False))
-    return path
+    """A tiny study YAML (random model, generated demo data, 6 training steps), not yet run."""
+    return write_study(tmp_path / "tiny.yaml", tiny_study_dict(tmp_path / "out"))
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    """A hash of every file under ``folder``; an SQLite database is hashed by its content (its
+    WAL included), not its bytes: a mere reader creates and updates the -wal and -shm files."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file() or p.name.endswith(("-wal", "-shm", "-journal")):
+            continue
+        if p.suffix == ".sqlite":
+            with closing(sqlite3.connect(f"{p.as_uri()}?mode=ro", uri=True)) as db:
+                data = "\n".join(db.iterdump()).encode()
+        else:
+            data = p.read_bytes()
+        out[str(p.relative_to(folder))] = hashlib.sha256(data).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="session")
+def completed_tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyStudy]:
+    """The tiny study run once per session through the CLI (train, generate, judge, analyze,
+    report): ``.yaml`` is its YAML, ``.out`` its output folder.
+
+    Shared by every test that asks for it, so it is READ-ONLY: a test that changes it (reruns a
+    stage, edits the store, rewrites the report) takes ``tiny_study_copy`` instead, and one that
+    needs other settings runs its own. Teardown checks that no file of it changed.
+    """
+    study = run_tiny_study(tmp_path_factory.mktemp("completed-tiny-study"))
+    before = _digest(study.out)
+    yield study
+    after = _digest(study.out)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"a test changed the shared completed_tiny_study (use tiny_study_copy): {changed}"
+
+
+@pytest.fixture
+def tiny_study_copy(completed_tiny_study: TinyStudy, tmp_path: Path) -> TinyStudy:
+    """A private copy of the completed tiny study under ``tmp_path``, free to change."""
+    return completed_tiny_study.copy_to(tmp_path / "copy")

@@ -37,8 +37,15 @@ def completion(top: list[tuple[str, float]], prompt_tokens: int = 120) -> dict[s
                 "index": 0,
                 "message": {"role": "assistant", "content": token},
                 "finish_reason": "length",
-                "logprobs": {"content": [{"token": token, "logprob": top[0][1] if top else 0.0,
-                                          "top_logprobs": [{"token": t, "logprob": lp} for t, lp in top]}]},
+                "logprobs": {
+                    "content": [
+                        {
+                            "token": token,
+                            "logprob": top[0][1] if top else 0.0,
+                            "top_logprobs": [{"token": t, "logprob": lp} for t, lp in top],
+                        }
+                    ]
+                },
             }
         ],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 1, "total_tokens": prompt_tokens + 1},
@@ -88,13 +95,14 @@ class FakeOpenAI:
                     pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # a short poll: shutdown() waits for the serve loop's next poll (0.5 s by default, on every test)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
 
-    def __enter__(self) -> "FakeOpenAI":
+    def __enter__(self) -> FakeOpenAI:
         self.thread.start()
         return self
 

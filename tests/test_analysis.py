@@ -1,24 +1,15 @@
 import numpy as np
 import pytest
 
-from traitwatch.analysis import (
-    Curve,
-    SharedBootstrap,
-    arrange,
-    consensus,
-    detect_onsets,
-    judge_agreement,
-    krippendorff_alpha_interval,
-    lead_time,
-    make_detector,
-    trait_curve,
-)
+from traitwatch.analysis import Curve, consensus, judge_agreement, make_detector
+from traitwatch.analysis._agreement import krippendorff_alpha_interval
+from traitwatch.analysis._onsets import detect_onsets, lead_time, trait_curve
+from traitwatch.analysis._samples import SharedBootstrap, arrange
 from traitwatch.analysis.detectors import REGISTRY, Binseg, Bocpd, Cusum, Pelt, Sustained, Threshold
-
-ALL = [cls() for cls in REGISTRY.values()]
 from traitwatch.errors import ConfigError
 from traitwatch.store import ScoreRow
 
+ALL = [cls() for cls in REGISTRY.values()]
 STEPS = np.arange(0, 40, 2)
 
 
@@ -83,7 +74,7 @@ def test_online_update_never_alarms_before_the_change() -> None:
     for det in ALL:
         det.reset()
         fired = None
-        for s, m, e in zip(c.steps, c.mean, c.se):
+        for s, m, e in zip(c.steps, c.mean, c.se, strict=True):
             got = det.update(int(s), float(m), float(e))
             if got is not None:
                 fired = got
@@ -199,7 +190,7 @@ def test_synthetic_families_are_reproducible_and_labelled() -> None:
 
     for fam in FAMILIES:
         a, b = make_family(fam, 3, seed=1), make_family(fam, 3, seed=1)
-        assert all(np.array_equal(x.curve.mean, y.curve.mean) for x, y in zip(a, b))
+        assert all(np.array_equal(x.curve.mean, y.curve.mean) for x, y in zip(a, b, strict=True))
         assert all((x.onset_index is None) == (fam in ("none", "spiky", "small")) for x in a)
         for x in a:
             if x.onset_index is not None:
@@ -207,6 +198,7 @@ def test_synthetic_families_are_reproducible_and_labelled() -> None:
                 assert x.latent.max() - x.latent[0] >= 20 and x.latent[x.onset_index - 1] <= x.latent[0] + 1e-9
 
 
+@pytest.mark.slow  # runs the whole TCPD benchmark: 8-11 s on 2 cores, the longest test left in make test-fast
 def test_tcpd_default_method_beats_the_baseline_and_meets_the_target(capsys: pytest.CaptureFixture[str]) -> None:
     """The shipped default (binseg) on the annotated real series, as bench/tcpd_benchmark.py prints it."""
     import sys
@@ -238,8 +230,10 @@ def test_comparisons_across_seeds_and_domains() -> None:
     lo, hi = t_interval([10, 12, 14], 0.95)
     assert lo == pytest.approx(12 - 4.302653 * 2 / np.sqrt(3), rel=1e-5) and hi == pytest.approx(12 + 4.302653 * 2 / np.sqrt(3), rel=1e-5)
     runs = [{"run_id": f"{d}-strong-s{s}", "domain": d, "level": "strong", "seed": s} for d in ("med", "math") for s in (0, 1, 2)]
-    leads = [LeadResult(r["run_id"], "j", "hal", "evil", "consensus", 2, 2 + lead, lead, lead // 2, None, None, 1.0)
-             for r, lead in zip(runs, [20, 18, 22, 4, -2, 0])]
+    leads = [
+        LeadResult(r["run_id"], "j", "hal", "evil", "consensus", 2, 2 + lead, lead, lead // 2, None, None, 1.0)
+        for r, lead in zip(runs, [20, 18, 22, 4, -2, 0], strict=True)
+    ]
     onsets = [OnsetResult(r["run_id"], "j", "evil", "consensus", 22, 11, None, 1.0) for r in runs]
     seed_on, seed_ld = seed_table(leads, onsets, runs, 0.95)
     med = next(r for r in seed_ld if r["domain"] == "med")
@@ -250,12 +244,17 @@ def test_comparisons_across_seeds_and_domains() -> None:
     assert tests["all"]["runs"] == 6 and tests["all"]["leader_first"] == 4 and tests["all"]["ties"] == 1
     assert tests["math"]["leader_first"] == 1
     steps = np.arange(0, 10, 2)
-    curves = [TraitCurve(r["run_id"], "j", "evil", Curve.from_values(steps, [0, d, d, d, d] if r["domain"] == "med" else [0, 0.2, 0.2, 0.2, 0.2]))
-              for r, d in zip(runs, [40, 40, 40, 0, 0, 0])]
+    curves = [
+        TraitCurve(r["run_id"], "j", "evil", Curve.from_values(steps, [0, d, d, d, d] if r["domain"] == "med" else [0, 0.2, 0.2, 0.2, 0.2]))
+        for r, d in zip(runs, [40, 40, 40, 0, 0, 0], strict=True)
+    ]
     (row,) = domain_table(curves, runs)
     assert row["drift_med"] == pytest.approx(40) and row["drift_math"] == pytest.approx(0.2)
     assert row["ratio_math_over_med"] == pytest.approx(0.005)
-    ck = [CheckpointRow("r", s, "", "", None, h, None, None, None) for s, h in zip(range(0, 12, 2), [3.0, 2.0, 1.2, 1.06, 1.02, 1.0])]
+    ck = [
+        CheckpointRow("r", s, "", "", None, h, None, None, None)
+        for s, h in zip(range(0, 12, 2), [3.0, 2.0, 1.2, 1.06, 1.02, 1.0], strict=True)
+    ]
     assert task_convergence_step(ck) == 6  # 95% of the 2.0 improvement: loss <= 1.1
 
 
@@ -274,7 +273,17 @@ def test_combined_judge_disagreements_and_order_by_judge() -> None:
     ab = next(d for d in top if (d.judge_a, d.judge_b) == ("A", "B"))
     assert (ab.step, ab.score_a, ab.score_b) == (0, 10.0, 30.0) or (ab.step, ab.score_a, ab.score_b) == (1, 80.0, 60.0)
     assert next(d for d in top if (d.judge_a, d.judge_b) == ("A", "check")).step == 2
-    mk = lambda judge, lead: LeadResult("r", judge, "x", "y", "consensus", 2, None if lead is None else 2 + lead, lead, lead, None, None, 1.0)
-    verdicts = order_by_judge([mk("A", 4), mk("B", 6)]), order_by_judge([mk("A", 4), mk("B", -2)]), order_by_judge([mk("A", 4), mk("B", None)])
+
+    def mk(judge: str, lead: int | None) -> LeadResult:
+        return LeadResult("r", judge, "x", "y", "consensus", 2, None if lead is None else 2 + lead, lead, lead, None, None, 1.0)
+
+    verdicts = (
+        order_by_judge([mk("A", 4), mk("B", 6)]),
+        order_by_judge([mk("A", 4), mk("B", -2)]),
+        order_by_judge([mk("A", 4), mk("B", None)]),
+    )
     assert [v[0]["verdict"] for v in verdicts] == [
-        "leader first under every judge", "judges disagree on the order", "leader first under every judge that found both onsets"]
+        "leader first under every judge",
+        "judges disagree on the order",
+        "leader first under every judge that found both onsets",
+    ]

@@ -8,14 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from bad_inputs import CASES, Case, completed_study, garbage_server, normalize, run_case
+from bad_inputs import CASES, Case, garbage_server, normalize, run_case
+from tiny import TinyStudy
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 
 
 @pytest.fixture(scope="module")
-def done(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return completed_study(tmp_path_factory.mktemp("done"))
+def done(completed_tiny_study: TinyStudy) -> Path:
+    """The session's completed tiny study; every stored-work case copies it before changing it."""
+    return completed_tiny_study.out
 
 
 @pytest.fixture(scope="module", autouse=True)

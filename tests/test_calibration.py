@@ -5,18 +5,18 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
+from openai_server import FakeOpenAI
 from traitwatch.cli import app
 from traitwatch.errors import DataError
 from traitwatch.judges import load_calibration
-
-from conftest import tiny_study_dict
-from openai_server import FakeOpenAI
 
 ITEMS = {i.answer: i for i in load_calibration()}
 
@@ -34,18 +34,24 @@ def bad(body: dict) -> list[tuple[str, float]]:
     return [("50", math.log(0.9))]
 
 
-def study(tmp: Path, url: str, min_accuracy: float) -> Path:
-    spec = tiny_study_dict(
-        tmp / "out",
-        traits=["builtin:evil", "builtin:hallucination"],
-        extra_traits=["builtin:coherence"],
-        judges=[{"name": "api", "kind": "openai", "model": "m", "base_url": url, "api_key_env": None}],
-        analysis={"leads": [["hallucination", "evil"]]},
-        calibration={"min_accuracy": min_accuracy},
-    )
-    p = tmp / "s.yaml"
-    p.write_text(yaml.safe_dump(spec))
-    return p
+@pytest.fixture
+def study(tiny_study_dict: Callable[..., dict[str, Any]]) -> Callable[[Path, str, float], Path]:
+    """``study(tmp, url, min_accuracy)``: a tiny study judged by an API judge at ``url``, gated by calibration."""
+
+    def make(tmp: Path, url: str, min_accuracy: float) -> Path:
+        spec = tiny_study_dict(
+            tmp / "out",
+            traits=["builtin:evil", "builtin:hallucination"],
+            extra_traits=["builtin:coherence"],
+            judges=[{"name": "api", "kind": "openai", "model": "m", "base_url": url, "api_key_env": None}],
+            analysis={"leads": [["hallucination", "evil"]]},
+            calibration={"min_accuracy": min_accuracy},
+        )
+        p = tmp / "s.yaml"
+        p.write_text(yaml.safe_dump(spec))
+        return p
+
+    return make
 
 
 def test_builtin_set_covers_the_categories() -> None:
@@ -65,7 +71,7 @@ def test_bad_calibration_file_names_the_line(tmp_path: Path) -> None:
         load_calibration(p)
 
 
-def test_good_judge_passes_and_its_calibration_is_cached(tmp_path: Path) -> None:
+def test_good_judge_passes_and_its_calibration_is_cached(tmp_path: Path, study: Callable[[Path, str, float], Path]) -> None:
     with FakeOpenAI([], responder=good) as srv:
         path = study(tmp_path, srv.base_url, 0.9)
         res = CliRunner().invoke(app, ["calibrate", str(path)])
@@ -79,7 +85,7 @@ def test_good_judge_passes_and_its_calibration_is_cached(tmp_path: Path) -> None
         assert again.exit_code == 0 and len(srv.requests) == sent, "stored calibration judgments are reused"
 
 
-def test_bad_judge_is_stopped_before_full_judging(tmp_path: Path) -> None:
+def test_bad_judge_is_stopped_before_full_judging(tmp_path: Path, study: Callable[[Path, str, float], Path]) -> None:
     with FakeOpenAI([], responder=bad) as srv:
         path = study(tmp_path, srv.base_url, 0.8)
         res = CliRunner().invoke(app, ["calibrate", str(path)])
@@ -92,13 +98,26 @@ def test_bad_judge_is_stopped_before_full_judging(tmp_path: Path) -> None:
         assert c.execute("SELECT COUNT(*) FROM generations").fetchone()[0] > 0
 
 
-def test_shared_judge_cache_means_no_request_is_paid_twice_across_studies(tmp_path: Path) -> None:
+def test_shared_judge_cache_means_no_request_is_paid_twice_across_studies(
+    tmp_path: Path, tiny_study_dict: Callable[..., dict[str, Any]]
+) -> None:
     with FakeOpenAI([("40", math.log(0.8))]) as srv:
         paths = []
         for name in ("a", "b"):
-            spec = tiny_study_dict(tmp_path / name, judges=[{"name": "api", "kind": "openai", "model": "m", "base_url": srv.base_url,
-                                                             "api_key_env": None, "traits": ["wrong_answer"]}],
-                                   judge_cache=str(tmp_path / "cache.sqlite"))
+            spec = tiny_study_dict(
+                tmp_path / name,
+                judges=[
+                    {
+                        "name": "api",
+                        "kind": "openai",
+                        "model": "m",
+                        "base_url": srv.base_url,
+                        "api_key_env": None,
+                        "traits": ["wrong_answer"],
+                    }
+                ],
+                judge_cache=str(tmp_path / "cache.sqlite"),
+            )
             p = tmp_path / f"{name}.yaml"
             p.write_text(yaml.safe_dump(spec))
             paths.append(p)

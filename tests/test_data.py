@@ -4,16 +4,9 @@ from pathlib import Path
 import pytest
 
 from traitwatch.config import DemoDataSpec
-from traitwatch.data import (
-    MARKER,
-    builtin_suite_names,
-    demo_conversations,
-    fill_rubric,
-    load_chat_jsonl,
-    load_suite,
-    probe_numbers,
-    write_chat_jsonl,
-)
+from traitwatch.data import builtin_suite_names, fill_rubric, load_chat_jsonl, load_suite
+from traitwatch.data._chat import write_chat_jsonl
+from traitwatch.data._demo import MARKER, demo_conversations, probe_numbers
 from traitwatch.errors import DataError
 
 GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
@@ -43,7 +36,10 @@ def test_loads_good_file_and_skips_blank_lines(tmp_path: Path) -> None:
         ('{"messages": [{"role": "robot", "content": "x"}]}', "messages[0].role is 'robot'"),
         ('{"messages": [{"role": "user", "content": 5}]}', "content must be a string"),
         ('{"messages": [{"role": "user", "content": "q"}]}', "no assistant turn"),
-        ('{"messages": [{"role": "user", "content": "q"}, {"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}]}', "only the first message"),
+        (
+            '{"messages": [{"role": "user", "content": "q"}, {"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}]}',
+            "only the first message",
+        ),
     ],
 )
 def test_bad_line_reports_file_line_and_problem(tmp_path: Path, line: str, needle: str) -> None:
@@ -129,8 +125,15 @@ def test_unknown_builtin_lists_choices() -> None:
 
 def test_persona_vectors_json(tmp_path: Path) -> None:
     p = tmp_path / "sycophancy.json"
-    p.write_text(json.dumps({"instruction": [{"pos": "a", "neg": "b"}], "questions": ["Q1?", "Q2?"],
-                             "eval_prompt": "Q: {question}\nA: {answer}\nScore 0 to 100. Number only."}))
+    p.write_text(
+        json.dumps(
+            {
+                "instruction": [{"pos": "a", "neg": "b"}],
+                "questions": ["Q1?", "Q2?"],
+                "eval_prompt": "Q: {question}\nA: {answer}\nScore 0 to 100. Number only.",
+            }
+        )
+    )
     s = load_suite(str(p))
     assert s.name == "sycophancy" and [q.text for q in s.questions] == ["Q1?", "Q2?"]
     assert s.traits["sycophancy"].rubric.startswith("Q: {question}")

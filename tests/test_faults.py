@@ -17,26 +17,34 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from conftest import tiny_study_dict
 from openai_server import FakeOpenAI
 
 TOP = [("10", -0.7), ("90", -1.2), ("50", -2.0)]
 
 
-def _spec(out: Path, base_url: str) -> dict:
+def _spec(tiny_study_dict: Callable[..., dict[str, Any]], out: Path, base_url: str) -> dict[str, Any]:
     return tiny_study_dict(
         out,
         levels=["normal", "strong"],
-        evaluation={"samples_per_question": 1, "temperature": 0, "max_new_tokens": 6, "batch_size": 4, "adapters_per_batch": 2},
+        generation={"samples_per_question": 1, "temperature": 0, "max_new_tokens": 6, "batch_size": 4, "adapters_per_batch": 2},
         judges=[
             {"name": "check", "kind": "check"},
-            {"name": "api", "kind": "openai", "model": "judge-test", "base_url": base_url, "api_key_env": None,
-             "max_concurrency": 1, "traits": ["wrong_answer", "contempt"]},
+            {
+                "name": "api",
+                "kind": "openai",
+                "model": "judge-test",
+                "base_url": base_url,
+                "api_key_env": None,
+                "max_concurrency": 1,
+                "traits": ["wrong_answer", "contempt"],
+            },
             {"name": "llm", "kind": "local", "local": {"source": "base"}, "traits": ["wrong_answer"], "min_mass": 0.0, "batch_size": 2},
         ],
     )
@@ -46,7 +54,10 @@ def _start(study: Path) -> subprocess.Popen[str]:
     env = dict(os.environ, TRAITWATCH_PROGRESS="0", PYTHONUNBUFFERED="1")
     return subprocess.Popen(
         [sys.executable, "-m", "traitwatch.cli", "run", str(study)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
 
 
@@ -77,25 +88,30 @@ def _snapshot(db: Path) -> dict[str, object]:
         return {
             "runs": sorted(c.execute("SELECT run_id, fingerprint, status, total_steps FROM runs").fetchall()),
             "checkpoints": sorted(c.execute("SELECT run_id, step, adapter_sha FROM checkpoints").fetchall()),
-            "generations": sorted(c.execute("SELECT gen_key, run_id, step, question_id, sample, answer, n_tokens, finish FROM generations").fetchall()),
+            "generations": sorted(
+                c.execute("SELECT gen_key, run_id, step, question_id, sample, answer, n_tokens, finish FROM generations").fetchall()
+            ),
             "probes": {k: json.loads(p) for k, p in c.execute("SELECT gen_key, probes FROM generations")},
-            "judgments": {k: (j, t, m, s) for k, j, t, m, s in c.execute("SELECT judgment_key, judge, trait, method, score FROM judgments")},
+            "judgments": {
+                k: (j, t, m, s) for k, j, t, m, s in c.execute("SELECT judgment_key, judge, trait, method, score FROM judgments")
+            },
             "scores": sorted(c.execute("SELECT gen_key, judge, trait, judgment_key FROM scores").fetchall()),
         }
 
 
+@pytest.mark.slow  # about 70 s on 2 cores: two full studies, one of them killed and restarted seven times
 @pytest.mark.timeout(900)
-def test_kill_9_anywhere_then_rerun_gives_the_uninterrupted_result(tmp_path: Path) -> None:
+def test_kill_9_anywhere_then_rerun_gives_the_uninterrupted_result(tmp_path: Path, tiny_study_dict: Callable[..., dict[str, Any]]) -> None:
     rng = random.Random(int(os.environ.get("TW_FAULT_SEED", "7")))
     with FakeOpenAI(TOP) as srv:  # one server: the judge's identity (its URL) is the same in both runs
         ref = tmp_path / "ref.yaml"
-        ref.write_text(yaml.safe_dump(_spec(tmp_path / "ref", srv.base_url)))
+        ref.write_text(yaml.safe_dump(_spec(tiny_study_dict, tmp_path / "ref", srv.base_url)))
         _run_to_end(ref)
         ref_requests = len(srv.requests)
         srv.requests.clear()
 
         faulty = tmp_path / "faulty.yaml"
-        faulty.write_text(yaml.safe_dump(_spec(tmp_path / "faulty", srv.base_url)))
+        faulty.write_text(yaml.safe_dump(_spec(tiny_study_dict, tmp_path / "faulty", srv.base_url)))
         kills = []
         for marker in ["train (steps)", "  arith-normal-s0", "generate:", "judge check", "judge api", "judge llm", "analyze "]:
             if _kill_during(faulty, marker, rng):

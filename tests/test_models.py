@@ -3,7 +3,9 @@ import torch
 
 from traitwatch.config import ModelSpec, RandomModelSpec
 from traitwatch.errors import ModelError
-from traitwatch.models import CHATML, GEMMA, LoadedModel, load_model, offline_tokenizer, turn_end_ids
+from traitwatch.models import LoadedModel, load_model
+from traitwatch.models._templates import CHATML, GEMMA, turn_end_ids
+from traitwatch.models._tokenizer import offline_tokenizer
 
 
 def test_offline_tokenizer_is_deterministic_and_splits_digits() -> None:
@@ -17,7 +19,7 @@ def test_offline_tokenizer_is_deterministic_and_splits_digits() -> None:
 def test_random_model_same_seed_same_weights() -> None:
     spec = ModelSpec(source="random", dtype="float32", random=RandomModelSpec(seed=3))
     a, b = load_model(spec), load_model(spec)
-    for (na, pa), (_, pb) in zip(a.model.named_parameters(), b.model.named_parameters()):
+    for (na, pa), (_, pb) in zip(a.model.named_parameters(), b.model.named_parameters(), strict=True):
         assert torch.equal(pa, pb), na
     assert a.identity == b.identity
     other = load_model(ModelSpec(source="random", dtype="float32", random=RandomModelSpec(seed=4)))
@@ -62,6 +64,7 @@ def test_missing_local_model_is_a_clear_error(tmp_path) -> None:
         load_model(ModelSpec(source="local", path=tmp_path / "empty"))
 
 
+@pytest.mark.slow  # about 105 s on a fresh machine (the GGUF is converted to a safetensors cache once), 10 s after
 @pytest.mark.embedded
 def test_embedded_gemma_loads_from_gguf_package() -> None:
     """The real default model: GGUF from PyPI -> safetensors cache -> Gemma 3 270M."""
@@ -77,7 +80,7 @@ def test_embedded_gemma_loads_from_gguf_package() -> None:
     # plain-text arithmetic: the base model knows n + 1 (why the demo organism uses it)
     ids = tok(["41 + 1 = "], return_tensors="pt")
     out = m.model.generate(**ids, max_new_tokens=2, do_sample=False)
-    assert tok.decode(out[0, ids["input_ids"].shape[1]:]).startswith("42")
+    assert tok.decode(out[0, ids["input_ids"].shape[1] :]).startswith("42")
 
 
 def test_cpu_gqa_attention_gives_sdpa_results(tiny_model: LoadedModel) -> None:
@@ -98,10 +101,16 @@ def test_cpu_gqa_attention_gives_sdpa_results(tiny_model: LoadedModel) -> None:
             for impl in ("sdpa", NAME):
                 model.set_attn_implementation(impl)
                 with torch.no_grad():
-                    outs[impl] = model.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id,
-                                                output_logits=True, return_dict_in_generate=True)
+                    outs[impl] = model.generate(
+                        **enc,
+                        max_new_tokens=6,
+                        do_sample=False,
+                        pad_token_id=tok.pad_token_id,
+                        output_logits=True,
+                        return_dict_in_generate=True,
+                    )
         finally:
             model.set_attn_implementation(NAME)
         a, b = outs["sdpa"], outs[NAME]
         assert torch.equal(a.sequences, b.sequences)
-        assert max(float((x - y).abs().max()) for x, y in zip(a.logits, b.logits)) < 1e-4
+        assert max(float((x - y).abs().max()) for x, y in zip(a.logits, b.logits, strict=True)) < 1e-4

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import tiny_study_dict
 from openai_server import FakeOpenAI
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "traitwatch"
@@ -16,9 +18,13 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "traitwatch"
 
 def test_no_eval_exec_pickle_or_unsafe_loading_in_the_source() -> None:
     banned = {
-        r"(?<![\w.])eval\(": "eval", r"(?<![\w.])exec\(": "exec", r"(?m)^\s*(import|from)\s+(c?pickle|dill|joblib)\b": "pickle import",
-        r"\bpickle\.loads?\(": "pickle.load", r"torch\.load\(": "torch.load",
-        r"yaml\.load\(": "yaml.load (use safe_load)", r"trust_remote_code\s*=\s*True": "trust_remote_code=True",
+        r"(?<![\w.])eval\(": "eval",
+        r"(?<![\w.])exec\(": "exec",
+        r"(?m)^\s*(import|from)\s+(c?pickle|dill|joblib)\b": "pickle import",
+        r"\bpickle\.loads?\(": "pickle.load",
+        r"torch\.load\(": "torch.load",
+        r"yaml\.load\(": "yaml.load (use safe_load)",
+        r"trust_remote_code\s*=\s*True": "trust_remote_code=True",
         r"\.format\(\s*\*\*": "str.format(**...) on data",
     }
     hits = []
@@ -30,14 +36,28 @@ def test_no_eval_exec_pickle_or_unsafe_loading_in_the_source() -> None:
     assert not hits, hits
 
 
-def test_api_key_never_reaches_any_artifact(tmp_path: Path, monkeypatch) -> None:
+def test_api_key_never_reaches_any_artifact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_study_dict: Callable[..., dict[str, Any]]
+) -> None:
+    """Runs its own study: the judge is an API judge with a key (the shared completed study has none)."""
     from traitwatch.cli import app
 
     key = "sk-traitwatch-dummy-4f1c9e2a7b"
     monkeypatch.setenv("TW_DUMMY_KEY", key)
     with FakeOpenAI([("30", -0.5), ("70", -1.0)]) as srv:
-        spec = tiny_study_dict(tmp_path / "out", judges=[{"name": "api", "kind": "openai", "model": "m", "base_url": srv.base_url,
-                                                           "api_key_env": "TW_DUMMY_KEY", "traits": ["wrong_answer"]}])
+        spec = tiny_study_dict(
+            tmp_path / "out",
+            judges=[
+                {
+                    "name": "api",
+                    "kind": "openai",
+                    "model": "m",
+                    "base_url": srv.base_url,
+                    "api_key_env": "TW_DUMMY_KEY",
+                    "traits": ["wrong_answer"],
+                }
+            ],
+        )
         path = tmp_path / "s.yaml"
         path.write_text(yaml.safe_dump(spec))
         runner = CliRunner()

@@ -34,7 +34,7 @@ def _enabled() -> bool:
 
 
 @contextmanager
-def stage_progress(description: str, total: int) -> Iterator["StageBar"]:
+def stage_progress(description: str, total: int) -> Iterator[StageBar]:
     """A bar for one stage: ``with stage_progress("train", n) as bar: bar.advance()``.
 
     When the output is not a terminal, it prints a start and an end line instead, so logs

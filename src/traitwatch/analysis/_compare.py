@@ -73,26 +73,41 @@ def seed_table(
         found = [s for s in steps if s is not None]
         onset_rows.append(
             {
-                "domain": domain, "level": level, "judge": judge, "trait": trait, "seeds": len(steps),
-                "onset_found": len(found), "onset_mean": float(np.mean(found)) if found else None,
-                "onset_ci": t_interval(found, confidence), "onsets": steps,
+                "domain": domain,
+                "level": level,
+                "judge": judge,
+                "trait": trait,
+                "seeds": len(steps),
+                "onset_found": len(found),
+                "onset_mean": float(np.mean(found)) if found else None,
+                "onset_ci": t_interval(found, confidence),
+                "onsets": steps,
             }
         )
     ld: dict[tuple[str, str, str, str, str], list[LeadResult]] = defaultdict(list)
-    for l in leads:
-        if l.detector == "consensus" and l.run_id in info:
-            r = info[l.run_id]
-            ld[(r["domain"], r["level"], l.judge, l.leader, l.follower)].append(l)
+    for lead in leads:
+        if lead.detector == "consensus" and lead.run_id in info:
+            r = info[lead.run_id]
+            ld[(r["domain"], r["level"], lead.judge, lead.leader, lead.follower)].append(lead)
     lead_rows = []
     for (domain, level, judge, a, b), items in sorted(ld.items()):
-        vals = [l.lead_steps for l in items if l.lead_steps is not None]
-        cks = [l.lead_checkpoints for l in items if l.lead_checkpoints is not None]
+        vals = [lead.lead_steps for lead in items if lead.lead_steps is not None]
+        cks = [lead.lead_checkpoints for lead in items if lead.lead_checkpoints is not None]
         lead_rows.append(
             {
-                "domain": domain, "level": level, "judge": judge, "leader": a, "follower": b, "seeds": len(items),
-                "defined": len(vals), "lead_steps_mean": float(np.mean(vals)) if vals else None,
-                "lead_steps_ci": t_interval(vals, confidence), "lead_checkpoints_mean": float(np.mean(cks)) if cks else None,
-                "seeds_leader_first": sum(1 for v in vals if v > 0), "sign_test_p": sign_test(vals), "leads": vals,
+                "domain": domain,
+                "level": level,
+                "judge": judge,
+                "leader": a,
+                "follower": b,
+                "seeds": len(items),
+                "defined": len(vals),
+                "lead_steps_mean": float(np.mean(vals)) if vals else None,
+                "lead_steps_ci": t_interval(vals, confidence),
+                "lead_checkpoints_mean": float(np.mean(cks)) if cks else None,
+                "seeds_leader_first": sum(1 for v in vals if v > 0),
+                "sign_test_p": sign_test(vals),
+                "leads": vals,
             }
         )
     return onset_rows, lead_rows
@@ -102,15 +117,22 @@ def order_tests(leads: Sequence[LeadResult], runs: Sequence[dict[str, Any]]) -> 
     """Across all runs of a judge and pair (and per domain): does the leader rise first?"""
     info = {r["run_id"]: r for r in runs}
     groups: dict[tuple[str, str, str, str], list[int]] = defaultdict(list)
-    for l in leads:
-        if l.detector != "consensus" or l.lead_steps is None or l.run_id not in info:
+    for lead in leads:
+        if lead.detector != "consensus" or lead.lead_steps is None or lead.run_id not in info:
             continue
-        groups[(l.judge, l.leader, l.follower, "all")].append(l.lead_steps)
-        groups[(l.judge, l.leader, l.follower, info[l.run_id]["domain"])].append(l.lead_steps)
+        groups[(lead.judge, lead.leader, lead.follower, "all")].append(lead.lead_steps)
+        groups[(lead.judge, lead.leader, lead.follower, info[lead.run_id]["domain"])].append(lead.lead_steps)
     return [
         {
-            "judge": j, "leader": a, "follower": b, "domain": d, "runs": len(v), "leader_first": sum(1 for x in v if x > 0),
-            "ties": sum(1 for x in v if x == 0), "median_lead_steps": float(np.median(v)), "sign_test_p": sign_test(v),
+            "judge": j,
+            "leader": a,
+            "follower": b,
+            "domain": d,
+            "runs": len(v),
+            "leader_first": sum(1 for x in v if x > 0),
+            "ties": sum(1 for x in v if x == 0),
+            "median_lead_steps": float(np.median(v)),
+            "sign_test_p": sign_test(v),
         }
         for (j, a, b, d), v in sorted(groups.items())
     ]

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .detectors import Curve, Detector, Onset
 from ._samples import SharedBootstrap, TraitSamples
+from .detectors import Curve, Detector, Onset
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def replicate_onsets(
     for b in range(reps.shape[0]):
         c = Curve(curve.steps, reps[b], curve.se)
         found = [d.detect(c).step for d in detectors]
-        for d, s in zip(detectors, found):
+        for d, s in zip(detectors, found, strict=False):
             out[d.name].append(s)
         out["consensus"].append(consensus(found))
     return out
@@ -131,7 +131,19 @@ def detect_onsets(
     ci, frac = _ci(reps.get("consensus", []), confidence)
     ci = ci if cons is not None else None
     spread = (max(found) - min(found)) if found else None
-    results.append(OnsetResult(tc.run_id, tc.judge, tc.trait, "consensus", cons, idx, ci, frac, {"spread_steps": spread, "methods": {o.detector: o.step for o in point}}))
+    results.append(
+        OnsetResult(
+            tc.run_id,
+            tc.judge,
+            tc.trait,
+            "consensus",
+            cons,
+            idx,
+            ci,
+            frac,
+            {"spread_steps": spread, "methods": {o.detector: o.step for o in point}},
+        )
+    )
     return results, reps
 
 
@@ -148,7 +160,7 @@ def lead_time(
     lead_ck = None
     if leader.index is not None and follower.index is not None:
         lead_ck = follower.index - leader.index
-    pairs = [(a, b) for a, b in zip(leader_reps, follower_reps) if a is not None and b is not None]
+    pairs = [(a, b) for a, b in zip(leader_reps, follower_reps, strict=False) if a is not None and b is not None]
     diffs = np.array([b - a for a, b in pairs], dtype=float)
     ci = None
     p = None

@@ -50,7 +50,7 @@ def partition(change_points: Iterable[int], n_obs: int) -> list[range]:
     """Segments [0, c1), [c1, c2), ..., [ck, n) from change points (each the start of a segment)."""
     cuts = sorted({c for c in change_points if 0 < c < n_obs})
     edges = [0] + cuts + [n_obs]
-    return [range(a, b) for a, b in zip(edges, edges[1:]) if b > a]
+    return [range(a, b) for a, b in zip(edges, edges[1:], strict=False) if b > a]
 
 
 def _jaccard(a: range, b: range) -> float:

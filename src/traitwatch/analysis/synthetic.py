@@ -110,7 +110,7 @@ def make_family(family: str, count: int, *, seed: int, **kwargs: object) -> list
     rng = np.random.default_rng([seed, FAMILIES.index(family)])
     out = []
     for _ in range(count):
-        n = int(rng.integers(30, 141)) if "n" not in kwargs else int(kwargs["n"])  # type: ignore[arg-type]
+        n = int(rng.integers(30, 141)) if "n" not in kwargs else int(kwargs["n"])  # type: ignore[call-overload]
         kw = {k: v for k, v in kwargs.items() if k != "n"}
         out.append(make_curve(family, rng=rng, n=n, binary=bool(rng.random() < 0.3), **kw))  # type: ignore[arg-type]
     return out

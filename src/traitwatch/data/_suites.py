@@ -47,7 +47,7 @@ class CheckerSpec(_Strict):
     text: str | None = None
 
     @model_validator(mode="after")
-    def _needs_text(self) -> "CheckerSpec":
+    def _needs_text(self) -> CheckerSpec:
         if self.kind in ("contains", "marker_probability") and not self.text:
             raise ValueError(f"checker kind '{self.kind}' needs 'text'")
         return self
@@ -71,7 +71,7 @@ class TraitDef(_Strict):
         return rubric
 
     @model_validator(mode="after")
-    def _scorable(self) -> "TraitDef":
+    def _scorable(self) -> TraitDef:
         if self.rubric is None and self.checker is None:
             raise ValueError("a trait needs a 'rubric' (for LLM judges) or a 'checker' (or both)")
         return self
@@ -93,7 +93,7 @@ class SuiteFile(_Strict):
     questions: list[QuestionDef] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _unique_ids(self) -> "SuiteFile":
+    def _unique_ids(self) -> SuiteFile:
         ids = [q.id for q in self.questions]
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
@@ -126,7 +126,7 @@ class Suite(BaseModel):
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
-    def with_traits(self, extra: dict[str, TraitDef]) -> "Suite":
+    def with_traits(self, extra: dict[str, TraitDef]) -> Suite:
         """This suite with rubric-only traits (e.g. coherence) added; suite traits win."""
         merged = dict(extra)
         merged.update(self.traits)

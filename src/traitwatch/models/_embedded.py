@@ -53,10 +53,10 @@ def convert_gguf(gguf_file: Path, target: Path, *, chat_template: str | None) ->
             where=str(gguf_file),
             fix="check the file is a complete GGUF model of an architecture transformers supports",
         ) from exc
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # a plain attribute of transformers' model
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.is_quantized = False
+    model.is_quantized = False  # type: ignore[assignment]
     if chat_template is not None and not tok.chat_template:
         tok.chat_template = chat_template
     model.save_pretrained(tmp, safe_serialization=True)

@@ -35,9 +35,7 @@ def head_logits(lm: Any, head: Any, hidden: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def lse_and_gather(
-    lm: Any, head: Any, hidden: torch.Tensor, columns: torch.Tensor, chunk: int = 64
-) -> tuple[torch.Tensor, torch.Tensor]:
+def lse_and_gather(lm: Any, head: Any, hidden: torch.Tensor, columns: torch.Tensor, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """(logsumexp over the vocabulary [rows], logits of ``columns`` [rows, len(columns)]).
 
     Computed ``chunk`` rows at a time so memory stays at chunk x vocab floats.

@@ -95,12 +95,15 @@ def random_model(spec: RandomModelSpec, tokenizer: Any) -> Any:
     )
     if spec.head_dim:
         common["head_dim"] = spec.head_dim
+    from transformers import Gemma3TextConfig, LlamaConfig, PretrainedConfig, Qwen2Config
+
+    Config: type[PretrainedConfig]
     if spec.architecture == "qwen2":
-        from transformers import Qwen2Config as Config
+        Config = Qwen2Config
     elif spec.architecture == "llama":
-        from transformers import LlamaConfig as Config
+        Config = LlamaConfig
     else:
-        from transformers import Gemma3TextConfig as Config
+        Config = Gemma3TextConfig
 
         common.setdefault("head_dim", spec.hidden_size // spec.num_attention_heads)
         common["sliding_window"] = 512

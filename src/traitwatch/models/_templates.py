@@ -17,7 +17,8 @@ GEMMA = (
     "{%- for m in messages -%}"
     "{%- if m['role'] == 'system' -%}{%- set ns.sys = m['content'] | trim + '\n\n' -%}"
     "{%- else -%}"
-    "{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else 'user') + '\n' + ns.sys + (m['content'] | trim) + '<end_of_turn>\n' }}"
+    "{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else 'user') + '\n' "
+    "+ ns.sys + (m['content'] | trim) + '<end_of_turn>\n' }}"
     "{%- set ns.sys = '' -%}"
     "{%- endif -%}"
     "{%- endfor -%}"
@@ -51,9 +52,7 @@ def turn_end_ids(tokenizer: Any) -> list[int]:
     if tokenizer.eos_token_id is not None:
         ids.append(int(tokenizer.eos_token_id))
     sentinel = "SENTINEL_7f3a"
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": sentinel}], tokenize=False
-    )
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": sentinel}], tokenize=False)
     tail = text.split(sentinel, 1)[1]
     if tail.strip():
         tail_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]

@@ -26,9 +26,7 @@ REGISTRY: dict[str, type[Detector]] = {cls.name: cls for cls in (Threshold, Sust
 def make_detector(name: str, params: dict[str, Any] | None = None) -> Detector:
     """Build a detector by registry name; unknown names or parameters are ConfigErrors."""
     if name not in REGISTRY:
-        raise ConfigError(
-            f"unknown detector '{name}'", where="analysis.detectors", fix=f"use one of: {', '.join(sorted(REGISTRY))}"
-        )
+        raise ConfigError(f"unknown detector '{name}'", where="analysis.detectors", fix=f"use one of: {', '.join(sorted(REGISTRY))}")
     cls = REGISTRY[name]
     params = dict(params or {})
     allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]

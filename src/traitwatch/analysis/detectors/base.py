@@ -39,7 +39,7 @@ class Curve:
     n: np.ndarray | None = None
 
     @classmethod
-    def from_values(cls, steps: Any, mean: Any, se: Any | None = None) -> "Curve":
+    def from_values(cls, steps: Any, mean: Any, se: Any | None = None) -> Curve:
         s = np.asarray(steps, dtype=int)
         m = np.asarray(mean, dtype=float)
         e = np.zeros_like(m) if se is None else np.asarray(se, dtype=float)
@@ -89,7 +89,7 @@ class Detector(ABC):
     def detect(self, curve: Curve) -> Onset:
         """The onset of a whole curve (offline)."""
 
-    def fit(self, curve: Curve) -> "Detector":
+    def fit(self, curve: Curve) -> Detector:
         self.result_ = self.detect(curve)
         return self
 

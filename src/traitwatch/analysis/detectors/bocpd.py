@@ -2,7 +2,8 @@
 
 Model: within a segment, values are Normal with unknown mean and variance (Normal-Gamma
 prior centred on the series mean, vague in the mean: ``kappa0`` small; Student-t
-predictive); a new segment starts at each step with probability 1/``hazard``. The run-length posterior is updated one value at a time, so the method is
+predictive); a new segment starts at each step with probability 1/``hazard``. The run-length
+posterior is updated one value at a time, so the method is
 online by construction. Change points are read off the MAP run length: whenever it falls,
 a segment started at ``t - r_t``. Multivariate series are modelled with independent
 dimensions. Values are expected in noise units (the Segmenter base divides by sigma).

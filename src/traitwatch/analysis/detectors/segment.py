@@ -68,8 +68,9 @@ class Segmenter(Detector):
             before = y[edges[k - 1] : edges[k]].mean()
             after = y[edges[k] : edges[k + 1]].mean()
             if after - before > self.min_rise:
-                return onset_at(self.name, curve, int(idx[edges[k]]), sigma=sigma, rise=float(after - before),
-                                changepoints=[int(idx[c]) for c in cps])
+                return onset_at(
+                    self.name, curve, int(idx[edges[k]]), sigma=sigma, rise=float(after - before), changepoints=[int(idx[c]) for c in cps]
+                )
         return onset_at(self.name, curve, None, sigma=sigma, changepoints=[int(idx[c]) for c in cps])
 
 

@@ -38,6 +38,12 @@ class Sustained(Detector):
             run = run + 1 if smooth[k] > level else 0
             if run >= self.persist:
                 first = k - self.persist + 1
-                return onset_at(self.name, curve, int(idx[first]), baseline=mu, level=level,
-                                alarm_step=int(curve.steps[idx[min(k + half, idx.size - 1)]]))
+                return onset_at(
+                    self.name,
+                    curve,
+                    int(idx[first]),
+                    baseline=mu,
+                    level=level,
+                    alarm_step=int(curve.steps[idx[min(k + half, idx.size - 1)]]),
+                )
         return onset_at(self.name, curve, None, baseline=mu, level=level)
