@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from traitwatch.store import CheckpointRow, ScoreColumns, ScoreRow, Store
 
 from ._agreement import Agreement, Disagreement, combine_judges, disagreements, judge_agreement
 from ._compare import domain_table, drift, order_tests, seed_table, task_convergence_step
+from ._interventions import intervention_tables
 from ._onsets import LeadResult, OnsetResult, TraitCurve, detect_onsets, lead_time, trait_curve
 from ._samples import SharedBootstrap, TraitSamples, arrange
 from .detectors import Detector, make_detector
@@ -43,6 +45,12 @@ class StudyAnalysis:
     domains: list[dict[str, Any]] = field(default_factory=list)
     disagreements: list[Disagreement] = field(default_factory=list)
     order_by_judge: list[dict[str, Any]] = field(default_factory=list)
+    #: The live monitor's stored alarms (``Store.alarms()`` rows: run_id, step, judge, trait, detector, message, ...).
+    alarms: list[dict[str, Any]] = field(default_factory=list)
+    #: Per (run, judge, lead pair, stop policy): what stopping there keeps and avoids (see ``_interventions``).
+    interventions: list[dict[str, Any]] = field(default_factory=list)
+    #: Per (judge, lead pair, stop policy), across runs: task performance kept, spread avoided, false alarms.
+    intervention_summary: list[dict[str, Any]] = field(default_factory=list)
 
     def curve(self, run_id: str, judge: str, trait: str) -> TraitCurve | None:
         return next((c for c in self.curves if (c.run_id, c.judge, c.trait) == (run_id, judge, trait)), None)
@@ -171,7 +179,7 @@ def analyze(store: Store, spec: StudySpec, settings_hash: str, *, rows: Iterable
     runs = store.runs()
     checkpoints = {r["run_id"]: store.checkpoints(r["run_id"]) for r in runs}
     seed_onsets, seed_leads = seed_table(leads, onsets, runs, a.confidence)
-    return StudyAnalysis(
+    result = StudyAnalysis(
         settings_hash=settings_hash,
         curves=curves,
         onsets=onsets,
@@ -187,7 +195,18 @@ def analyze(store: Store, spec: StudySpec, settings_hash: str, *, rows: Iterable
         domains=domain_table(curves, runs),
         disagreements=disagree,
         order_by_judge=order_by_judge(leads),
+        alarms=_stored_alarms(store),
     )
+    result.interventions, result.intervention_summary = intervention_tables(result, spec)
+    return result
+
+
+def _stored_alarms(store: Store) -> list[dict[str, Any]]:
+    """The live monitor's alarms; none from a store made before the alarms table existed."""
+    try:
+        return store.alarms()
+    except sqlite3.OperationalError:
+        return []
 
 
 def order_by_judge(leads: Sequence[LeadResult]) -> list[dict[str, Any]]:
@@ -249,7 +268,8 @@ def curve_rows(analysis: StudyAnalysis) -> list[dict[str, Any]]:
 
 def write_csvs(analysis: StudyAnalysis, folder: Path) -> list[Path]:
     """curves, onsets, leads, summary, agreement, checkpoints, seed_onsets, seed_leads,
-    order_tests and domains, one CSV each."""
+    order_tests, domains, disagreements, order_by_judge, interventions and
+    interventions_summary, one CSV each."""
     onset_rows = [{k: v for k, v in asdict(o).items() if k != "evidence"} | {"evidence": o.evidence} for o in analysis.onsets]
     ck_rows = [asdict(c) for rows in analysis.checkpoints.values() for c in rows]
     return [
@@ -265,4 +285,6 @@ def write_csvs(analysis: StudyAnalysis, folder: Path) -> list[Path]:
         _write(folder / "domains.csv", analysis.domains),
         _write(folder / "disagreements.csv", [asdict(d) for d in analysis.disagreements]),
         _write(folder / "order_by_judge.csv", analysis.order_by_judge),
+        _write(folder / "interventions.csv", analysis.interventions),
+        _write(folder / "interventions_summary.csv", analysis.intervention_summary),
     ]
