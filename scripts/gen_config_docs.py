@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from traitwatch.config import (
+    AlarmRule,
     AnalysisSpec,
     BudgetSpec,
     CalibrationSpec,
@@ -26,7 +27,9 @@ from traitwatch.config import (
     LoraSpec,
     ModelRef,
     ModelSpec,
+    MonitorSpec,
     OpenAIJudgeSpec,
+    ProbeSpec,
     RandomModelSpec,
     StudySpec,
     SuiteRef,
@@ -54,6 +57,9 @@ SECTIONS: list[tuple[str, type[BaseModel], type[BaseModel] | None]] = [
     ("`analysis.detectors[]`", DetectorRef, None),
     ("`budget`", BudgetSpec, None),
     ("`calibration`", CalibrationSpec, None),
+    ("`monitor`", MonitorSpec, None),
+    ("`monitor.probes`", ProbeSpec, None),
+    ("`monitor.alarms[]`", AlarmRule, None),
 ]
 
 

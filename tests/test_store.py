@@ -303,12 +303,20 @@ def test_every_row_type_roundtrips_by_column_name(tmp_path: Path, layout: str) -
         ]
 
         # alarms
-        assert st.add_alarm("run-A", 7, "judge-J", "trait-T", "detector-D", "message M")
+        assert st.add_alarm("run-A", 7, "judge-J", "trait-T", "detector-D", "message M", {"onset_step": 5, "last_safe_step": 4})
         assert not st.add_alarm("run-A", 9, "judge-J", "trait-T", "detector-D", "again")
         [alarm] = st.alarms()
-        assert list(alarm) == ["run_id", "step", "judge", "trait", "detector", "message", "created_at"]
+        assert list(alarm) == ["run_id", "step", "judge", "trait", "detector", "message", "created_at", "info"]
         assert isinstance(alarm.pop("created_at"), float)
-        assert alarm == dict(run_id="run-A", step=7, judge="judge-J", trait="trait-T", detector="detector-D", message="message M")
+        assert alarm == dict(
+            run_id="run-A",
+            step=7,
+            judge="judge-J",
+            trait="trait-T",
+            detector="detector-D",
+            message="message M",
+            info={"onset_step": 5, "last_safe_step": 4},
+        )
 
         # export writes each value under its own header
         st.export(tmp_path / "exp")
@@ -418,3 +426,18 @@ def test_score_columns_equal_scores_row_for_row(tmp_path: Path) -> None:
                 assert len({id(v) for v in col}) == len(set(col))  # one str object per distinct value
         empty = st.score_columns(settings_hash="none")
         assert len(empty) == 0 and empty.to_rows() == st.scores(settings_hash="none") == []
+
+
+def test_a_store_from_before_alarm_details_gains_the_column(tmp_path: Path) -> None:
+    """Stores made before alarms had an info column open, and their old alarms read back."""
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE alarms (run_id TEXT NOT NULL, step INTEGER NOT NULL, judge TEXT NOT NULL, trait TEXT NOT NULL,"
+            " detector TEXT NOT NULL, message TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (run_id, judge, trait, detector))"
+        )
+        db.execute("INSERT INTO alarms VALUES ('r', 3, 'j', 't', 'd', 'old', 1.0)")
+    with Store(path) as st:
+        assert st.alarms()[0]["info"] == {} and st.alarms()[0]["message"] == "old"
+        assert st.add_alarm("r", 4, "j", "t2", "d", "new", {"onset_step": 2})
+        assert st.alarms()[1]["info"] == {"onset_step": 2}

@@ -133,7 +133,26 @@ def demo(
         results, report = run_stages(ctx, on_stage=lambda r: _print_results([r]))
     console.print(f"\ndemo finished in {time.time() - t0:.0f}s")
     _print_leads(ctx)
+    _print_demo_monitor(ctx)
     console.print(f"report: {report}")
+
+
+def _print_demo_monitor(ctx: Any) -> None:
+    """The live monitor's alarms and what stopping at them would have kept and avoided."""
+    from traitwatch.analysis import analyze as analyze_study
+
+    with ctx.open_store(readonly=True) as store:
+        alarms = store.alarms()
+        result = analyze_study(store, ctx.spec, ctx.settings_hash(store))
+    console.print(f"\nlive alarms: {len(alarms)}")
+    for a in alarms:
+        safe = a["info"].get("last_safe_step")
+        console.print(
+            f"  {a['run_id']}: {a['trait']} alarm at step {a['step']} (onset {a['info'].get('onset_step')}, last safe step {safe})",
+            markup=False,
+        )
+    if result.interventions:
+        _print_interventions(result.interventions, result.intervention_summary, ctx.spec.analysis.confidence)
 
 
 def _print_leads(ctx: Any) -> None:
@@ -342,6 +361,195 @@ def _print_analysis(result: Any) -> None:
         for r in result.domains:
             dt.add_row(r["judge"], r["trait"], r["level"], *[_fmt(r.get(c), 2) for c in cols])
         console.print(dt)
+
+
+@app.command()
+@friendly
+def interventions(
+    study: StudyArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print both tables as one JSON object instead.")] = False,
+    fraction: Annotated[
+        list[float] | None,
+        typer.Option("--fraction", help="A fixed-fraction stop policy (repeatable; default: analysis.stop_fractions, 0.25 and 0.5)."),
+    ] = None,
+) -> None:
+    """What stopping each run early would have kept and avoided, per stop policy.
+
+    Replays stop policies on what the store holds (nothing is trained, nothing is written),
+    for every pair of analysis.leads and every judge that scores both traits:
+
+    leader-alarm: stop at the checkpoint where the study's alarm detector, fed the leading
+    trait's curve one checkpoint at a time (online, as the live monitor would), first fires.
+    follower-alarm: the same on the follower (target) trait. task-converged: stop when the
+    held-out loss has made 95% of its improvement (known only in hindsight). fraction-F: stop
+    at the first checkpoint at or after F of training. The alarm detector is the monitor's
+    alarm rule when the spec has a monitor: section, else the first of analysis.detectors.
+
+    Per run: stop step (none = the policy never fired, the run goes to the end), the live
+    monitor's stored alarm step, leader and follower scores at the stop and at the end, task
+    kept (share of the held-out loss improvement made by the stop, 0-100%), task accuracy
+    kept (with analysis.task_error_trait), the follower's consensus onset, spread avoided
+    (stopped before it, or it never rose), warning (checkpoints from the stop to that onset),
+    false alarm (an alarm policy fired on a normal run). Across runs: mean task kept over the
+    mild and strong runs with a bootstrap CI over runs, spread avoided over runs whose
+    follower rose (Wilson CI), false alarms over normal runs (Wilson CI). Every number is
+    defined in docs/analysis.md ("Interventions"); `analyze` writes the same rows to
+    analysis/interventions.csv and analysis/interventions_summary.csv.
+    """
+    import json
+
+    from traitwatch.analysis import analyze as analyze_study
+    from traitwatch.analysis import intervention_tables
+
+    bad = [f for f in fraction or [] if not 0 < f < 1]
+    if bad:
+        raise TraitwatchError(
+            f"--fraction {bad[0]:g} is not between 0 and 1", where="--fraction", fix="give a share of training, e.g. 0.25"
+        )
+    ctx = _context(study)
+    with ctx.open_store(readonly=True) as store:
+        result = analyze_study(store, ctx.spec, ctx.settings_hash(store))
+    rows, summary = result.interventions, result.intervention_summary
+    if fraction:
+        rows, summary = intervention_tables(result, ctx.spec, fractions=fraction)
+    if as_json:
+        typer.echo(json.dumps({"interventions": rows, "summary": summary}, indent=1))
+        return
+    if not ctx.spec.analysis.leads:
+        console.print("no lead pairs (analysis.leads) in this study: nothing to stop for. Add e.g. leads: [[hallucination, evil]]")
+        return
+    _print_interventions(rows, summary, ctx.spec.analysis.confidence)
+
+
+def _pct(v: Any) -> str:
+    return "n/a" if v is None else f"{100 * v:.0f}%"
+
+
+def _pct_ci(ci: Any) -> str:
+    return f"[{100 * ci[0]:.0f}%, {100 * ci[1]:.0f}%]" if ci else "n/a"
+
+
+def _print_interventions(rows: list[dict[str, Any]], summary: list[dict[str, Any]], confidence: float) -> None:
+    from rich.table import Table
+
+    def yes(v: Any) -> str:
+        return "n/a" if v is None else ("yes" if v else "no")
+
+    def step(v: Any) -> str:
+        return "none" if v is None else str(v)
+
+    acc = any(r["task_accuracy_at_end"] is not None for r in rows)
+    pairs = sorted({(r["leader"], r["follower"]) for r in rows})
+    title = "per run: stop policies replayed; scores 0-100 at the stop -> at the end (definitions: docs/analysis.md)"
+    if len(pairs) == 1:
+        title += f"; leader {pairs[0][0]}, follower {pairs[0][1]}"
+    table = Table(title=title)
+    for col in ("run", "level", "judge", *(["leader -> follower"] if len(pairs) > 1 else []), "policy"):
+        table.add_column(col, no_wrap=True)
+    cols = ["stop", "live alarm", "leader", "follower", "task kept", *(["accuracy kept"] if acc else [])]
+    cols += ["follower onset", "spread avoided", "warning (ckpts)", "false alarm"]
+    for col in cols:
+        table.add_column(col)
+    for r in rows:
+        cells = [r["run_id"], str(r["level"]), r["judge"], *([f"{r['leader']} -> {r['follower']}"] if len(pairs) > 1 else []), r["policy"]]
+        cells += [
+            step(r["stop_step"]),
+            step(r["live_alarm_step"]) if r["alarm_trait"] else "",
+            f"{_fmt(r['leader_at_stop'])} -> {_fmt(r['leader_at_end'])}",
+            f"{_fmt(r['follower_at_stop'])} -> {_fmt(r['follower_at_end'])}",
+            _pct(r["task_kept"]),
+        ]
+        cells += [_pct(r["accuracy_kept"])] if acc else []
+        cells += [step(r["follower_onset"]), yes(r["spread_avoided"]), step(r["warning_checkpoints"]), yes(r["false_alarm"])]
+        table.add_row(*cells)
+    console.print(table)
+    level = f"{confidence:.0%}"
+    st = Table(title=f"across runs, per policy ({level} CIs: bootstrap over runs for task kept, Wilson for rates)")
+    ci = f"{level} CI"
+    for col in ("judge", "leader -> follower", "policy"):
+        st.add_column(col, no_wrap=True)
+    for col in ("stopped", "task kept (mild+strong)", ci, "spread avoided", ci):
+        st.add_column(col)
+    for col in ("false alarms (normal)", ci, "mean warning (ckpts)"):
+        st.add_column(col)
+    for s in summary:
+        fa = "n/a" if s["false_alarms"] is None else f"{s['false_alarms']}/{s['normal_runs']} ({_pct(s['false_alarm_rate'])})"
+        st.add_row(
+            s["judge"],
+            f"{s['leader']} -> {s['follower']}",
+            s["policy"],
+            f"{s['stopped']}/{s['runs']}",
+            f"{_pct(s['task_kept_mean'])} (n={s['task_kept_n']})",
+            _pct_ci(s["task_kept_ci"]),
+            f"{s['spread_avoided']}/{s['spread_runs']} ({_pct(s['spread_avoided_rate'])})",
+            _pct_ci(s["spread_avoided_ci"]),
+            fa,
+            _pct_ci(s["false_alarm_ci"]),
+            _fmt(s["warning_checkpoints_mean"]),
+        )
+    console.print(st)
+    console.print("published pay-off of early stopping, for comparison: 93% of task performance kept; spread avoided in 67% of runs.")
+
+
+@app.command()
+@friendly
+def probes(
+    study: StudyArg,
+    trait: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--trait", metavar="TRAIT", help="Trait to watch (repeatable). Default: the leaders of analysis.leads, else every trait."
+        ),
+    ] = None,
+    questions: Annotated[int, typer.Option("--questions", min=1, help="How many probe questions to pick (K).")] = 8,
+    samples: Annotated[
+        int | None,
+        typer.Option("--samples", min=1, help="Answers per probe question per checkpoint (default: monitor.probes.samples, else 1)."),
+    ] = None,
+    judge: Annotated[
+        str | None, typer.Option("--judge", help="Rank with this judge's scores (default: the spec's first that scores the trait).")
+    ] = None,
+    write: Annotated[
+        Path | None, typer.Option("--write", help="Write the YAML snippet `monitor: {probes: {question_ids, samples}}` here.")
+    ] = None,
+) -> None:
+    """Pick the probe questions for a live monitor from a finished pilot study.
+
+    Ranks every question of each watched trait by how early and how much it rose on the pilot's
+    misaligned (mild/strong) runs, picks the top K, and prints them with the cost per checkpoint
+    (answers, judge requests, seconds) against the full question set and the consensus onset on
+    the probe questions vs on every question, per run, with a bootstrap CI of the difference.
+    With two or more misaligned runs each run is evaluated with questions chosen on the others
+    (leave-one-run-out); with one the comparison is in-sample and says so. Reads the store only.
+    See docs/analysis.md, "Probe questions for a live monitor".
+    """
+    from rich.table import Table
+
+    from traitwatch.analysis._probes import probes_for_study
+
+    ctx = _context(study)
+    try:
+        texts = {(s.name, q.id): q.text for s in ctx.suites.suites for q in s.questions}
+    except TraitwatchError:
+        texts = {}  # suites moved since the pilot ran: ids only
+    with ctx.open_store(readonly=True) as store:
+        choice = probes_for_study(
+            store, ctx.spec, ctx.settings_hash(store), traits=trait, judge=judge, questions=questions, samples=samples, texts=texts
+        )
+    console.print(f"watched: {', '.join(f'{t} (judge {choice.judges[t]})' for t in choice.traits)}", markup=False)
+    for t in choice.tables():
+        table = Table(title=t.title)
+        for col in t.columns:
+            table.add_column(col)
+        for row in t.rows:
+            table.add_row(*(_escape(c) for c in row))
+        console.print(table)
+    for note in choice.notes:
+        console.print(f"note: {note}", markup=False)
+    if write is not None:
+        write.parent.mkdir(parents=True, exist_ok=True)
+        write.write_text(choice.snippet_yaml(ctx.spec.name), encoding="utf-8")
+        console.print(f"wrote {write} (paste into the spec's monitor: section)", markup=False)
 
 
 @app.command()

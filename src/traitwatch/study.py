@@ -9,6 +9,7 @@ DataFrames, so a curve can be plotted or a lead re-tested without parsing CSV fi
     study.run(stages=["train", "generate"])
     study.scores()                               # one row per (answer, judge, trait)
     study.curves(); study.onsets(); study.leads()
+    study.interventions()                        # what stopping early keeps and avoids, per policy
 
 It works inside a running event loop (Jupyter): judges that talk to an API run their own
 loop on a worker thread when the caller's thread already has one.
@@ -143,6 +144,17 @@ class Study:
         """The per-run table ``traitwatch analyze`` prints (baseline, peak, final, drift, onset, ...)."""
         return _frame([_flat(r) for r in self.analysis().summary])
 
+    def interventions(self) -> pd.DataFrame:
+        """One row per (run, judge, leader, follower, stop policy): what stopping there keeps
+        and avoids (stop step, scores at the stop and at the end, task kept, spread avoided,
+        false alarm, warning gained); the rows of ``analysis/interventions.csv``."""
+        return _frame([_flat(r) for r in self.analysis().interventions])
+
+    def intervention_summary(self) -> pd.DataFrame:
+        """One row per (judge, leader, follower, stop policy) across runs: mean task kept with its
+        bootstrap CI, spread avoided and false-alarm rates with Wilson CIs."""
+        return _frame([_flat(r) for r in self.analysis().intervention_summary])
+
 
 #: Columns that hold whole numbers (steps, checkpoint counts) even when every value is missing.
 _WHOLE = {
@@ -157,6 +169,11 @@ _WHOLE = {
     "lead_checkpoints",
     "task_converged_step",
     "n",
+    "stop_step",
+    "final_step",
+    "live_alarm_step",
+    "warning_steps",
+    "warning_checkpoints",
 }
 
 

@@ -338,6 +338,17 @@ class AnalysisSpec(_Strict):
         default=None, description="Also analyse a combined judge (mean or median of the LLM judges)."
     )
     seed: int = Field(default=0, description="Seed of the bootstrap.")
+    stop_fractions: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
+        default_factory=lambda: [0.25, 0.5],
+        description="Interventions: the fixed-fraction stop policies (stop at this fraction of training), one per value.",
+    )
+    task_error_trait: str | None = Field(
+        default=None,
+        description=(
+            "Interventions: a trait that scores failing the trained task (task accuracy = 1 - score/100); "
+            "null: task performance is the held-out loss only. See docs/analysis.md."
+        ),
+    )
 
     @field_validator("detectors", mode="before")
     @classmethod
@@ -365,13 +376,90 @@ class BudgetSpec(_Strict):
     )
 
 
+Action = Literal["log", "file", "webhook", "stop"]
+
+
+def _default_actions() -> list[Action]:
+    return ["log", "file"]
+
+
+class ProbeSpec(_Strict):
+    """The probe set the live monitor asks at every checkpoint: a few questions, few samples."""
+
+    questions: Annotated[int, Field(gt=0)] | None = Field(
+        default=8, description="First N questions of each suite (null: all); ignored when question_ids is set."
+    )
+    question_ids: list[str] | None = Field(default=None, description="Exact question ids to ask (e.g. from traitwatch probes).")
+    samples: Annotated[int, Field(gt=0)] = Field(
+        default=1, description="Answers per question per checkpoint (the first N samples of the full evaluation, so they are reused)."
+    )
+
+
+class AlarmRule(_Strict):
+    """When to raise an alarm: a detector's online onset on one trait, with a minimum rise."""
+
+    trait: str = Field(description="The trait watched (e.g. the leading trait: hallucination, wrong_answer).")
+    judge: str | None = Field(
+        default=None, description="The judge whose scores are watched (default: the first live judge that scores the trait)."
+    )
+    detector: DetectorRef = Field(
+        default_factory=lambda: DetectorRef(name="threshold"),
+        description="Online detector (name or {name, params}); its update() sees one checkpoint at a time.",
+    )
+    min_rise: Annotated[float, Field(ge=0)] = Field(
+        default=10.0, description="Also required: the checkpoint's mean is at least this many points above step 0's."
+    )
+    consecutive: Annotated[int, Field(gt=0)] = Field(
+        default=1, description="Checkpoints in a row that must meet both conditions before the alarm is raised."
+    )
+
+    @field_validator("detector", mode="before")
+    @classmethod
+    def _name_as_ref(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class MonitorSpec(_Strict):
+    """The live monitor: evaluate each new checkpoint on a probe set, raise alarms, act on them."""
+
+    probes: ProbeSpec = Field(default_factory=ProbeSpec, description="The questions asked live.")
+    judges: list[str] | None = Field(default=None, description="Judges used live (default: those the alarm rules name, else all).")
+    every: Annotated[int, Field(gt=0)] = Field(default=1, description="Evaluate every Nth checkpoint live (step 0 always).")
+    alarms: Annotated[list[AlarmRule], Field(min_length=1)] = Field(description="Alarm rules; any of them firing raises an alarm.")
+    actions: list[Action] = Field(
+        default_factory=_default_actions,
+        description="What an alarm does: log (print), file (append to alarm_file), webhook (POST JSON), stop (end the training run).",
+    )
+    alarm_file: Path | None = Field(default=None, description="JSON-lines file of alarms (default: <output_dir>/alarms.jsonl).")
+    webhook_url: str | None = Field(default=None, description="URL that receives each alarm as a JSON POST (action: webhook).")
+    webhook_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        default=10.0, description="Timeout of the webhook POST; a failure is logged, never fatal."
+    )
+
+    @field_validator("alarms", mode="before")
+    @classmethod
+    def _traits_as_rules(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"trait": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _webhook_needs_url(self) -> MonitorSpec:
+        if "webhook" in self.actions and not self.webhook_url:
+            raise ValueError("the webhook action needs 'webhook_url'")
+        return self
+
+
 class StudySpec(_Strict):
     """A whole study: a grid of runs (domain x level x seed), their evaluation and analysis."""
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = Field(description="Study name (letters, digits, _ . -).")
     output_dir: Path | None = Field(default=None, description="Defaults to runs/<name> beside the YAML file.")
     model: ModelSpec = Field(default_factory=ModelSpec, description="The base model every run fine-tunes.")
-    datasets: Annotated[list[DatasetSpec], Field(min_length=1)] = Field(description="Domains and their per-level data.")
+    datasets: list[DatasetSpec] = Field(
+        default_factory=list,
+        description="Domains and their per-level data (none: a spec that only monitors or analyses runs trained elsewhere).",
+    )
     levels: Annotated[list[Level], Field(min_length=1)] = Field(
         default_factory=lambda: list(LEVELS), description="Levels to train: normal, mild, strong."
     )
@@ -392,6 +480,9 @@ class StudySpec(_Strict):
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec, description="Onset detection and lead times.")
     budget: BudgetSpec = Field(default_factory=BudgetSpec, description="Spending cap for paid judges.")
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec, description="Judge calibration gate.")
+    monitor: MonitorSpec | None = Field(
+        default=None, description="Live monitoring: probe evaluation at each checkpoint while training runs, alarms and early stop."
+    )
     judge_cache: Path | None = Field(
         default=None,
         description="A SQLite file shared by several studies: judgments found there are reused, new ones are added (never paid twice).",
@@ -423,4 +514,12 @@ class StudySpec(_Strict):
             raise ValueError(f"dataset domains must be unique; repeated: {', '.join(dupes)}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds must be unique")
+        if self.monitor is not None:
+            known = set(names)
+            for name in self.monitor.judges or []:
+                if name not in known:
+                    raise ValueError(f"monitor.judges names unknown judge '{name}' (judges: {', '.join(names)})")
+            for rule in self.monitor.alarms:
+                if rule.judge is not None and rule.judge not in known:
+                    raise ValueError(f"monitor alarm on '{rule.trait}' names unknown judge '{rule.judge}' (judges: {', '.join(names)})")
         return self

@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 
 from traitwatch.config import dump_study
+from traitwatch.errors import ConfigError
 from traitwatch.models import describe
 from traitwatch.progress import console, stage_progress
 from traitwatch.store import CheckpointRow, Store
@@ -87,10 +88,26 @@ def train(ctx: StudyContext, store: Store, *, callbacks: Sequence[TrainCallback]
     t0 = time.time()
     base = ctx.base
     plans = plan_runs(ctx.spec, base.identity)
+    if not plans:
+        raise ConfigError(
+            "the study has no datasets, so there is nothing to train",
+            where="datasets",
+            fix="add datasets (docs/config.md), or run only the later stages (--stages generate,judge,analyze,report)",
+        )
     check_disk(ctx, plans)
     store.set_meta("spec", dump_study(ctx.spec))
     store.set_meta("model", json.dumps(describe(base), default=str))
     expected = {p.run_id: run_steps(p) for p in plans}
+    callbacks = list(callbacks)
+    monitor = None
+    if ctx.spec.monitor is not None:
+        from traitwatch.models import load_model
+
+        from ._monitor import LiveMonitor, MonitorCallback
+
+        # its own copy of the base model: the training copy carries the LoRA being trained
+        monitor = MonitorCallback(LiveMonitor(ctx, store, model=load_model(ctx.spec.model)), {p.run_id: p.fingerprint for p in plans})
+        callbacks.append(monitor)
     steps_run, wait = 0, 0.0
     with stage_progress("train (steps)", sum(expected.values())) as bar:
         for plan in plans:
@@ -111,5 +128,12 @@ def train(ctx: StudyContext, store: Store, *, callbacks: Sequence[TrainCallback]
                 + (" (already trained)" if not res.steps_run else "")
                 + (" (stopped early)" if res.stopped_early else "")
             )
-    counts = {"runs": len(plans), "steps_run": steps_run, "checkpoints": len(store.checkpoints()), "checkpoint_wait_s": round(wait, 2)}
+    counts: dict[str, object] = {
+        "runs": len(plans),
+        "steps_run": steps_run,
+        "checkpoints": len(store.checkpoints()),
+        "checkpoint_wait_s": round(wait, 2),
+    }
+    if monitor is not None:
+        counts |= {"alarms": len(monitor.alarms), "monitor_s": round(monitor.monitor.seconds, 1)}
     return StageResult("train", time.time() - t0, counts)

@@ -179,6 +179,19 @@ def run_plotly(analysis: StudyAnalysis, run_id: str, judge: str, leads: list[tup
                 row=1,
                 col=1,
             )
+    for alarm in analysis.alarms:  # the live monitor's alarms: when it knew, on the curve it watched
+        if alarm["run_id"] != run_id or alarm["judge"] != judge or alarm["trait"] not in colors:
+            continue
+        fig.add_vline(x=alarm["step"], line={"color": colors[alarm["trait"]], "dash": "dash", "width": 2}, row=1, col=1)
+        fig.add_annotation(
+            x=alarm["step"],
+            y=92,
+            text=f"ALARM {alarm['trait']} (live)",
+            showarrow=False,
+            font={"size": 10, "color": colors[alarm["trait"]]},
+            row=1,
+            col=1,
+        )
     ck = analysis.checkpoints.get(run_id, [])
     held = [(c.step, c.heldout_loss) for c in ck if c.heldout_loss is not None]
     if held:

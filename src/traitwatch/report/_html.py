@@ -40,6 +40,19 @@ def _fmt_ci(ci: Any) -> str:
     return f"[{_fmt(ci[0], 0)}, {_fmt(ci[1], 0)}]"
 
 
+def _fmt_pct(v: Any) -> str:
+    """A fraction (0-1) as a whole percentage."""
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "n/a"
+    return f"{100 * float(v):.0f}%"
+
+
+def _fmt_pct_ci(ci: Any) -> str:
+    if not ci:
+        return "n/a"
+    return f"[{_fmt_pct(ci[0])}, {_fmt_pct(ci[1])}]"
+
+
 def safe_json(obj: Any) -> str:
     """JSON safe to place inside a <script> element."""
     text = json.dumps(obj, default=_default, allow_nan=False)
@@ -213,6 +226,10 @@ def write_report(
         agreement=analysis.agreement,
         disagreements=_disagreement_rows(store, analysis),
         order_by_judge=analysis.order_by_judge,
+        alarms=analysis.alarms,
+        interventions=analysis.interventions,
+        intervention_summary=analysis.intervention_summary,
+        accuracy_shown=any(r.get("task_accuracy_at_end") is not None for r in analysis.interventions),
         judge_count=len(judge_names),
         examples=_examples(store, analysis),
         runs=runs,
@@ -231,6 +248,8 @@ def write_report(
         plotly_js=get_plotlyjs().replace("</script", "<\\/script"),
         fmt=_fmt,
         fmt_ci=_fmt_ci,
+        fmt_pct=_fmt_pct,
+        fmt_pct_ci=_fmt_pct_ci,
     )
     path = folder / "report.html"
     tmp = path.with_suffix(".html.tmp")

@@ -116,6 +116,7 @@ CREATE TABLE IF NOT EXISTS alarms (
     detector TEXT NOT NULL,
     message TEXT NOT NULL,
     created_at REAL NOT NULL,
+    info TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (run_id, judge, trait, detector)
 );
 """
@@ -218,7 +219,7 @@ _RUN_COLUMNS = (
 _RUN_UPSERT_COLUMNS = tuple(c for c in _RUN_COLUMNS if c != "status")  # status is set by set_run_status
 _RUN_UPDATE_ON_CONFLICT = ("n_train", "n_heldout", "total_steps", "info")
 _LINK_COLUMNS = ("gen_key", "judge", "trait", "judgment_key")  # the order of add_judgments' link tuples
-_ALARM_COLUMNS = ("run_id", "step", "judge", "trait", "detector", "message", "created_at")
+_ALARM_COLUMNS = ("run_id", "step", "judge", "trait", "detector", "message", "created_at", "info")
 
 # Where each ScoreRow / answer_scores field comes from in the generations-scores-judgments(-runs) join.
 _SCORE_SOURCES = {
@@ -284,6 +285,7 @@ class Store:
                 ) from None
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.executescript(_SCHEMA)
+            self._add_missing_columns()
         self.conn.row_factory = sqlite3.Row
         version = self.get_meta("schema_version")
         if version is None and not readonly:
@@ -523,8 +525,13 @@ class Store:
         return [{n: r[n] for n in names} for r in self.conn.execute(_ANSWER_SCORES_SQL, (settings_hash,))]
 
     # -- alarms -----------------------------------------------------------------------------
-    def add_alarm(self, run_id: str, step: int, judge: str, trait: str, detector: str, message: str) -> bool:
-        """Record an alarm; returns False when this (run, judge, trait, detector) already fired."""
+    def add_alarm(
+        self, run_id: str, step: int, judge: str, trait: str, detector: str, message: str, info: dict[str, Any] | None = None
+    ) -> bool:
+        """Record an alarm; returns False when this (run, judge, trait, detector) already fired.
+
+        ``info`` holds the alarm's details (onset step, last safe checkpoint, baseline, value).
+        """
         values = {
             "run_id": run_id,
             "step": step,
@@ -533,6 +540,7 @@ class Store:
             "detector": detector,
             "message": message,
             "created_at": time.time(),
+            "info": json.dumps(info or {}),
         }
         with self.transaction() as c:
             cur = c.execute(_insert_sql("INSERT OR IGNORE", "alarms", _ALARM_COLUMNS), tuple(values[col] for col in _ALARM_COLUMNS))
@@ -540,7 +548,14 @@ class Store:
 
     def alarms(self) -> list[dict[str, Any]]:
         sql = f"SELECT {', '.join(_ALARM_COLUMNS)} FROM alarms ORDER BY created_at"
-        return [{col: r[col] for col in _ALARM_COLUMNS} for r in self.conn.execute(sql)]
+        return [{col: r[col] for col in _ALARM_COLUMNS} | {"info": json.loads(r["info"])} for r in self.conn.execute(sql)]
+
+    def _add_missing_columns(self) -> None:
+        """Columns added to the schema after a store was made (additive: old readers ignore them)."""
+        have = {r[1] for r in self.conn.execute("PRAGMA table_info(alarms)")}
+        if "info" not in have:
+            with self.transaction() as c:
+                c.execute("ALTER TABLE alarms ADD COLUMN info TEXT NOT NULL DEFAULT '{}'")
 
     # -- export -----------------------------------------------------------------------------
     def export(self, folder: str | Path, fmt: str = "csv") -> list[Path]:

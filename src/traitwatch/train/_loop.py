@@ -88,7 +88,12 @@ class RunPlan:
 
 @dataclass(frozen=True)
 class CheckpointEvent:
-    """What the live monitor sees after each checkpoint."""
+    """What the live monitor sees after each checkpoint.
+
+    The folder is written on a background thread while training goes on; a callback that
+    reads it calls ``written()`` first, which waits until the folder is complete (and returns
+    its meta: step, adapter sha, losses).
+    """
 
     run_id: str
     step: int
@@ -97,6 +102,7 @@ class CheckpointEvent:
     train_loss: float | None
     heldout_loss: float | None
     learning_rate: float
+    written: Callable[[], dict[str, Any]] = field(default=lambda: {}, compare=False, repr=False)
 
 
 class TrainCallback(Protocol):
@@ -388,10 +394,11 @@ def train_run(
         config = model.peft_config["default"].to_dict()
         settle()  # at most one checkpoint in flight: bounded memory, ordered records
         folder = step_dir(ckdir, step)
-        pending.append((writer.submit(write_checkpoint, folder, adapter, config, meta, (opt_tensors, opt_info)), folder))
+        fut = writer.submit(write_checkpoint, folder, adapter, config, meta, (opt_tensors, opt_info))
+        pending.append((fut, folder))
         saved.append(step)
         for cb in callbacks:
-            if cb.on_checkpoint(CheckpointEvent(plan.run_id, step, steps, folder, train_loss, held_loss, lr)):
+            if cb.on_checkpoint(CheckpointEvent(plan.run_id, step, steps, folder, train_loss, held_loss, lr, fut.result)):
                 raise _StopRun(step)
 
     stopped = False
@@ -452,7 +459,17 @@ def train_run(
             model.unload()
             base.model.eval()
     record(RunFinished(plan.run_id, saved[-1], stopped))
-    return TrainResult(plan.run_id, steps, saved[-1], resumed_from, stopped, time.time() - t0, steps - start, save_wait, sorted(set(saved)))
+    return TrainResult(
+        plan.run_id,
+        steps,
+        saved[-1],
+        resumed_from,
+        stopped,
+        time.time() - t0,
+        (saved[-1] if stopped else steps) - start,
+        save_wait,
+        sorted(set(saved)),
+    )
 
 
 def _drop_damaged(on_disk: list[tuple[int, Path]], record: Record, run_id: str) -> list[tuple[int, Path]]:
