@@ -103,7 +103,8 @@ def test_bad_study_exits_2_with_one_line(tmp_path: Path) -> None:
 def test_help_for_every_command() -> None:
     res = runner.invoke(app, ["--help"])
     assert res.exit_code == 0
-    for cmd in ("run", "demo", "train", "generate", "judge", "analyze", "report", "export", "status", "validate", "suites"):
+    commands = ("run", "demo", "train", "generate", "judge", "analyze", "report", "export", "status", "validate", "suites")
+    for cmd in (*commands, "watch", "import"):
         assert cmd in res.output
         sub = runner.invoke(app, [cmd, "--help"])
         assert sub.exit_code == 0 and "Usage" in sub.output

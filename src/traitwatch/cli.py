@@ -552,6 +552,144 @@ def probes(
         console.print(f"wrote {write} (paste into the spec's monitor: section)", markup=False)
 
 
+_LEVELS = ("normal", "mild", "strong")
+
+
+def _level(level: str | None) -> str | None:
+    if level is not None and level not in _LEVELS:
+        raise TraitwatchError(f"unknown level '{level}'", where="--level", fix=f"use one of {', '.join(_LEVELS)}")
+    return level
+
+
+RunIdOpt = Annotated[
+    str | None, typer.Option("--run-id", help="The run's name in the store (default: the folder's name; a traitwatch run keeps its own).")
+]
+DomainOpt = Annotated[
+    str | None, typer.Option("--domain", help="Domain to file the run under (default: from a run id like math-strong-s1, else external).")
+]
+LevelOpt = Annotated[
+    str | None,
+    typer.Option("--level", help="normal, mild or strong (default: from the run id, else the spec's level if it names one, else unknown)."),
+]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed to file the run under (default: from the run id, else 0).")]
+
+
+@app.command()
+@friendly
+def watch(
+    folder: Annotated[
+        Path, typer.Argument(metavar="CHECKPOINT_DIR", help="The folder the trainer saves its checkpoints in.", show_default=False)
+    ],
+    study: Annotated[Path, typer.Option("--study", help="The study spec with a monitor: section (YAML).", show_default=False)],
+    run_id: RunIdOpt = None,
+    domain: DomainOpt = None,
+    level: LevelOpt = None,
+    seed: SeedOpt = None,
+    once: Annotated[bool, typer.Option("--once", help="Evaluate the checkpoints there now, then exit.")] = False,
+    poll: Annotated[float, typer.Option("--poll", min=0.05, help="Seconds between looks at the folder.")] = 5.0,
+    idle_timeout: Annotated[
+        float, typer.Option("--idle-timeout", min=1.0, help="Exit after this many seconds with no new checkpoint.")
+    ] = 600.0,
+) -> None:
+    """Follow a folder where a trainer saves LoRA checkpoints, and evaluate each new one live.
+
+    Layouts: CHECKPOINT_DIR is a Hugging Face / TRL / Unsloth Trainer's output_dir, holding
+    checkpoint-N/ folders (adapter_model.safetensors + adapter_config.json; N = global step), or
+    a traitwatch run's runs/<run>/checkpoints, holding step_NNNNNN/ folders (runs/<run> works
+    too). Each new checkpoint is evaluated in step order on the probe set of the spec's monitor:
+    section (its model: must be the base model the adapters were trained on), scored by the live
+    judges and fed to the alarm rules; one line per checkpoint: step, mean probe score per trait,
+    alarm. A folder still being written (no adapter file yet, an incomplete safetensors file,
+    files still changing between two looks, a .tmp name) is waited for, never read half-written.
+
+    The store: the run is registered in the study's store as --run-id (default: the folder's
+    name; source: watch); a run trained by `traitwatch run` of this study keeps its own id, so
+    its answers are shared with the study's generate stage. Afterwards `traitwatch run STUDY
+    --stages generate,judge,analyze,report` evaluates the run in full, reusing every probe answer.
+
+    Stopping: the watcher does not own the trainer. On an alarm whose monitor actions include
+    stop, it writes a stop request (a STOP file) into CHECKPOINT_DIR and says so; a Trainer
+    with TraitwatchCallback, or `traitwatch run` with a monitor: section, stops at its next
+    save. Any other trainer must be stopped by hand. The other actions (log, file, webhook)
+    are carried out as the spec says.
+
+    Exit: when training ends: the newest checkpoint's trainer_state.json says global_step >=
+    max_steps (traitwatch's meta.json: step = total_steps), or STOPPED.json appears in
+    CHECKPOINT_DIR, or nothing new came for --idle-timeout seconds; with --once, after
+    evaluating what is there. Exit code 0; 2 for a problem you can fix (a second watcher of the
+    same folder is refused and told who holds it); 130 when interrupted.
+
+    Restart-safe: stop it at any moment (Ctrl-C, kill -9) and start it again: no checkpoint is
+    skipped, none is evaluated twice, no stored judge request is sent again. It holds
+    .traitwatch-watch.lock in CHECKPOINT_DIR, not the study's lock, so it runs beside a
+    study that is training.
+    """
+    from traitwatch.pipeline._watch import watch as watch_folder
+
+    lvl = _level(level)
+    ctx = _context(study)
+    with ctx.open_store() as store:
+        watch_folder(
+            ctx, store, folder, run_id=run_id, domain=domain, level=lvl, seed=seed, once=once, poll=poll, idle_timeout=idle_timeout
+        )
+
+
+@app.command("import")
+@friendly
+def import_(
+    folder: Annotated[Path, typer.Argument(metavar="DIR", help="A folder of checkpoint folders, or of run folders.", show_default=False)],
+    study: Annotated[Path, typer.Option("--study", help="The study spec (YAML) whose store receives the runs.", show_default=False)],
+    run_id: RunIdOpt = None,
+    domain: DomainOpt = None,
+    level: LevelOpt = None,
+    seed: SeedOpt = None,
+) -> None:
+    """Register LoRA adapters trained elsewhere as runs of a study, to judge, analyse and report them.
+
+    Layouts: DIR holds checkpoint folders (a Hugging Face / TRL Trainer's output_dir with
+    checkpoint-N/, or a traitwatch run's runs/<run>/checkpoints with step_NNNNNN/; N = step),
+    or DIR holds run folders like that (one run per subfolder, named after it). Every complete
+    checkpoint (a whole adapter_model.safetensors and an adapter_config.json) is stored with
+    its path, sha256 and step, and its losses from trainer_state.json's log_history (or
+    meta.json) when present; folders still being written and .tmp folders are left out and
+    listed. Nothing is copied: the later stages read the adapters where they are.
+
+    The run is stored as --run-id (one run only; default: the folder's name, and a traitwatch
+    run keeps its own id) with source: import, filed under --domain, --level and --seed.
+
+    Then `traitwatch run STUDY --stages generate,judge,analyze,report` answers the trait
+    questions at every imported checkpoint, judges the answers, finds the onsets and writes the
+    report; the spec needs no datasets (its model: must be the base model the adapters were
+    trained on). Importing again stores nothing new unless new checkpoints appeared; an adapter
+    replaced at the same step is recorded again (its answers are then redone).
+    """
+    from traitwatch.pipeline._import import import_runs
+
+    lvl = _level(level)
+    ctx = _context(study)
+    with _locked(ctx), ctx.open_store() as store:
+        results = import_runs(ctx, store, folder, run_id=run_id, domain=domain, level=lvl, seed=seed)
+        runs = {r["run_id"]: r for r in store.runs()}
+    for r in results:
+        if not r.steps:
+            console.print(f"{r.run_id}: {r.note}", markup=False)
+            continue
+        row = runs[r.run_id]
+        steps = f"steps {r.steps[0]}-{r.steps[-1]}" if len(r.steps) > 1 else f"step {r.steps[0]}"
+        kept = len(r.steps) - r.new - r.replaced
+        console.print(
+            f"{r.run_id}: {len(r.steps)} checkpoint{'s' * (len(r.steps) != 1)} ({steps}): {r.new} new, {kept} already stored"
+            + (f", {r.replaced} replaced" if r.replaced else "")
+            + f"; filed as {row['domain']}/{row['level']}/seed {row['seed']}, status {row['status']} ({r.folder})",
+            markup=False,
+        )
+        for s in r.skipped:
+            console.print(f"  left out {s}", markup=False)
+        if r.note:
+            console.print(f"  note: {r.note}", markup=False)
+    console.print(f"next: traitwatch run {study} --stages generate,judge,analyze,report", markup=False)
+
+
 @app.command()
 @friendly
 def report(study: StudyArg) -> None:

@@ -12,46 +12,83 @@ import time
 from pathlib import Path
 from typing import Any
 
-from traitwatch.errors import StoreError
+from traitwatch.errors import ModelError, StoreError
 from traitwatch.generate import Answer, GenerationRequest, Generator, hf_generator
-from traitwatch.progress import stage_progress
+from traitwatch.progress import console, stage_progress
 from traitwatch.store import GenerationRow, Store, content_key
 from traitwatch.train import verify
+from traitwatch.train._checkpoints import ADAPTER_FILE, file_sha256
 
 from ._context import StageResult, StudyContext
+from ._layout import EXTERNAL_SOURCES
 from ._plan import evaluated_steps, plan_runs
 
 #: Where an answer goes in the store besides its key: run, step, suite, question id.
 Placement = dict[str, Any]
 
 
-def generation_requests(ctx: StudyContext, store: Store) -> list[tuple[GenerationRequest, Placement]]:
-    """Every (checkpoint, question, sample) answer the study needs, with its store fields."""
+def generation_requests(ctx: StudyContext, store: Store, gone: list[str] | None = None) -> list[tuple[GenerationRequest, Placement]]:
+    """Every (checkpoint, question, sample) answer the study needs, with its store fields.
+
+    The study's planned runs, and the runs trained elsewhere that the store holds (``info.source``
+    import, hf-trainer or watch: ``traitwatch import``, ``TraitwatchCallback``, ``traitwatch
+    watch``), each with its stored fingerprint. Other stored runs (a plan changed since) are left out,
+    and so are checkpoints of runs trained elsewhere whose adapter file is gone (a trainer's
+    ``save_total_limit`` deletes old ones); their paths are appended to ``gone``.
+    """
     settings = ctx.settings_hash(store)
     gen = ctx.spec.generation
     out = []
-    planned = {p.run_id: p for p in plan_runs(ctx.spec, ctx.base.identity)}
+    planned = {p.run_id: p.fingerprint for p in plan_runs(ctx.spec, ctx.base.identity)}
     for run in store.runs():
-        plan = planned.get(run["run_id"])
-        if plan is None:
-            continue
-        if run["fingerprint"] != plan.fingerprint:
+        fingerprint = planned.get(run["run_id"])
+        external = fingerprint is None
+        if fingerprint is None:
+            if (run["info"] or {}).get("source") not in EXTERNAL_SOURCES:
+                continue
+            fingerprint = run["fingerprint"]
+        if run["fingerprint"] != fingerprint:
             raise StoreError(
                 f"run '{run['run_id']}' was trained with other settings than the study now has (model, data, LoRA or training)",
                 where=str(store.path),
                 fix="restore the study's settings, or use a new output_dir for the changed study",
             )
         cks = {c.step: c for c in store.checkpoints(run["run_id"])}
+        if external:
+            missing = [c for c in cks.values() if not (Path(c.path) / ADAPTER_FILE).exists()]
+            if gone is not None:
+                gone += [c.path for c in missing]
+            cks = {s: c for s, c in cks.items() if c not in missing}
         for step in evaluated_steps(list(cks), gen.every):
             ck = cks[step]
             for suite in ctx.suites.suites:
                 probes = ctx.suites.probes(suite)
                 for q in suite.questions:
                     for sample in range(gen.samples_per_question):
-                        key = content_key(settings, plan.fingerprint, step, ck.adapter_sha, suite.name, q.id, q.text, sample, probes)
+                        key = content_key(settings, fingerprint, step, ck.adapter_sha, suite.name, q.id, q.text, sample, probes)
                         where = {"run_id": run["run_id"], "step": step, "suite": suite.name, "question_id": q.id}
+                        where["adapter_sha"] = ck.adapter_sha
                         out.append((GenerationRequest(key, ck.path, q.text, sample, probes), where))
     return out
+
+
+def check_adapter(folder: Path, sha: str) -> None:
+    """Before answering with an adapter: ours is checked against its meta.json (size); one trained
+    elsewhere (no meta.json) against the sha256 stored when it was registered, since the answers'
+    keys name that sha."""
+    if (folder / "meta.json").exists():
+        verify(folder)
+        return
+    try:
+        same = file_sha256(folder / ADAPTER_FILE) == sha
+    except OSError:
+        same = False
+    if not same:
+        raise ModelError(
+            "checkpoint adapter is missing or changed since it was registered (sha256 differs)",
+            where=str(folder / ADAPTER_FILE),
+            fix="run `traitwatch import` on its folder again to register the adapters there now",
+        )
 
 
 def make_generator(ctx: StudyContext) -> Generator:
@@ -78,11 +115,14 @@ def generate(ctx: StudyContext, store: Store) -> StageResult:
     """Generate every answer the study needs that the store does not hold yet."""
     t0 = time.time()
     settings = ctx.settings_hash(store)
-    wanted = generation_requests(ctx, store)
+    gone: list[str] = []
+    wanted = generation_requests(ctx, store, gone)
+    if gone:
+        console.print(f"note: {len(gone)} checkpoint folders of runs trained elsewhere are gone (e.g. {gone[0]}); left out", markup=False)
     have = store.existing("generations", "gen_key", [r.key for r, _ in wanted])
     todo = [(r, m) for r, m in wanted if r.key not in have]
-    for path in sorted({r.adapter for r, _ in todo}):
-        verify(Path(path))
+    for path, sha in sorted({(r.adapter, m["adapter_sha"]) for r, m in todo}):
+        check_adapter(Path(path), sha)
     index = {r.key: (r, m) for r, m in todo}
     with stage_progress("generate", len(todo)) as bar:
 

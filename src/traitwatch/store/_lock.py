@@ -21,10 +21,15 @@ from traitwatch.errors import StoreError
 
 
 class StudyLock:
-    """``with StudyLock(folder): ...`` holds the study exclusively or raises StoreError."""
+    """``with StudyLock(folder): ...`` holds the study exclusively or raises StoreError.
 
-    def __init__(self, folder: Path) -> None:
-        self.path = Path(folder) / ".traitwatch.lock"
+    ``name`` and ``what`` give the same lock to other things held by one process at a time:
+    ``traitwatch watch`` holds ``.traitwatch-watch.lock`` in the checkpoint folder it follows.
+    """
+
+    def __init__(self, folder: Path, *, name: str = ".traitwatch.lock", what: str = "the study") -> None:
+        self.path = Path(folder) / name
+        self.what = what
         self._fh: object | None = None
 
     def __enter__(self) -> StudyLock:
@@ -49,7 +54,7 @@ class StudyLock:
             except (ValueError, KeyError):
                 who = "another process"
             raise StoreError(
-                f"the study is in use by {who}",
+                f"{self.what} is in use by {who}",
                 where=str(self.path.parent),
                 fix="wait for it to finish, or stop it; the lock is released when that process exits",
             ) from None
