@@ -14,13 +14,12 @@ from typing import Any
 
 import pytest
 import torch
+import trl  # a dev dependency (make test installs it)
 import yaml
 
 from traitwatch.config import ModelSpec, RandomModelSpec
 from traitwatch.models import load_model
 from traitwatch.store import Store
-
-trl = pytest.importorskip("trl")  # a dev dependency: installed by make test, so this never skips there
 
 K = 3  # updates with learning rate 0
 MARKER = "@"  # one token of the offline tokenizer: its probability moves within a few updates
