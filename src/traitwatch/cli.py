@@ -33,6 +33,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # a docstring's wrapped lines flow as one paragraph; blank lines separate
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -595,7 +596,7 @@ def watch(
 
     Layouts: CHECKPOINT_DIR is a Hugging Face / TRL / Unsloth Trainer's output_dir, holding
     checkpoint-N/ folders (adapter_model.safetensors + adapter_config.json; N = global step), or
-    a traitwatch run's runs/<run>/checkpoints, holding step_NNNNNN/ folders (runs/<run> works
+    a traitwatch run's runs/RUN/checkpoints, holding step_NNNNNN/ folders (runs/RUN works
     too). Each new checkpoint is evaluated in step order on the probe set of the spec's monitor:
     section (its model: must be the base model the adapters were trained on), scored by the live
     judges and fed to the alarm rules; one line per checkpoint: step, mean probe score per trait,
@@ -647,7 +648,7 @@ def import_(
     """Register LoRA adapters trained elsewhere as runs of a study, to judge, analyse and report them.
 
     Layouts: DIR holds checkpoint folders (a Hugging Face / TRL Trainer's output_dir with
-    checkpoint-N/, or a traitwatch run's runs/<run>/checkpoints with step_NNNNNN/; N = step),
+    checkpoint-N/, or a traitwatch run's runs/RUN/checkpoints with step_NNNNNN/; N = step),
     or DIR holds run folders like that (one run per subfolder, named after it). Every complete
     checkpoint (a whole adapter_model.safetensors and an adapter_config.json) is stored with
     its path, sha256 and step, and its losses from trainer_state.json's log_history (or
@@ -708,7 +709,7 @@ def report(study: StudyArg) -> None:
 @friendly
 def export(
     study: StudyArg,
-    out: Annotated[Path | None, typer.Option(help="Folder for the files (default: <output_dir>/export).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for the files (default: OUTPUT_DIR/export).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="csv or parquet (parquet needs pyarrow).")] = "csv",
 ) -> None:
     """Export every table of the study store (runs, checkpoints, generations, judgments, ...)."""
@@ -768,7 +769,7 @@ def validate(study: StudyArg) -> None:
 
 @app.command()
 def suites() -> None:
-    """List the built-in trait suites (use them as builtin:<name>)."""
+    """List the built-in trait suites (use them as builtin:NAME)."""
     from traitwatch.data import builtin_suite_names, load_suite
 
     for name in builtin_suite_names():
