@@ -79,13 +79,17 @@ class StudyContext:
             self._suites = load_suites(self.spec)
         return self._suites
 
-    def settings_hash(self, store: Store | None = None) -> str:
-        """The generation settings hash; read from the store when recorded (no model load)."""
+    def settings_hash(self, store: Store | None = None, *, model: LoadedModel | None = None) -> str:
+        """The generation settings hash; read from the store when recorded (no model load).
+
+        ``model``: a loaded copy of the study's base model to take the identity from (the live
+        monitor's), so the study's own copy is not loaded just for its identity.
+        """
         if store is not None:
             known = store.get_meta(settings_meta_key(self.spec))
             if known is not None:
                 return known
-        value = generation_settings_hash(self.spec, self.base.identity)
+        value = generation_settings_hash(self.spec, (model or self.base).identity)
         if store is not None and not store.readonly:
             store.set_meta(settings_meta_key(self.spec), value)
         return value

@@ -14,6 +14,7 @@ from typing import Any
 
 from traitwatch.errors import ModelError, StoreError
 from traitwatch.generate import Answer, GenerationRequest, Generator, hf_generator
+from traitwatch.models import LoadedModel
 from traitwatch.progress import console, stage_progress
 from traitwatch.store import GenerationRow, Store, content_key
 from traitwatch.train import verify
@@ -93,15 +94,21 @@ def check_adapter(folder: Path, sha: str) -> None:
 
 def make_generator(ctx: StudyContext) -> Generator:
     """The generation backend the spec names (``hf`` by default, ``vllm`` on a GPU)."""
-    gen = ctx.spec.generation
-    if gen.backend == "vllm":
+    if ctx.spec.generation.backend == "vllm":
         from traitwatch.generate import vllm_generator
 
         return vllm_generator(ctx.base, ctx.spec)
+    return make_hf_generator(ctx, ctx.base)
+
+
+def make_hf_generator(ctx: StudyContext, model: LoadedModel, *, adapters_per_batch: int | None = None) -> Generator:
+    """The ``hf`` generator with the spec's generation settings on ``model`` (the study's base
+    model, or the live monitor's own copy, which attaches one checkpoint at a time)."""
+    gen = ctx.spec.generation
     return hf_generator(
-        ctx.base,
+        model,
         batch_size=gen.batch_size,
-        adapters_per_batch=gen.adapters_per_batch,
+        adapters_per_batch=adapters_per_batch or gen.adapters_per_batch,
         max_new_tokens=gen.max_new_tokens,
         temperature=gen.temperature,
         top_p=gen.top_p,

@@ -24,7 +24,7 @@ from typing import Any
 from traitwatch.config import JudgeSpec, MonitorSpec
 from traitwatch.data import Suite
 from traitwatch.errors import ConfigError
-from traitwatch.generate import Answer, GenerationRequest, Generator, hf_generator
+from traitwatch.generate import Answer, GenerationRequest, Generator
 from traitwatch.judges import Judge, JudgeRequest, build_judge, judgment_key
 from traitwatch.models import LoadedModel
 from traitwatch.monitor import Alarm, AlarmPolicy, CheckpointMeans, Rule, act
@@ -32,8 +32,8 @@ from traitwatch.store import GenerationRow, Store, content_key
 from traitwatch.train import CheckpointEvent
 
 from ._context import StudyContext
+from ._generate import make_hf_generator
 from ._judge import Link, _send, study_budget
-from ._plan import generation_settings_hash, settings_meta_key
 
 
 @dataclass(frozen=True)
@@ -114,27 +114,11 @@ class LiveMonitor:
 
     def settings(self) -> str:
         """The generation settings hash of the study (the full stage's, so keys agree)."""
-        known = self.store.get_meta(settings_meta_key(self.ctx.spec))
-        if known is not None:
-            return known
-        value = generation_settings_hash(self.ctx.spec, self.model.identity)
-        self.store.set_meta(settings_meta_key(self.ctx.spec), value)
-        return value
+        return self.ctx.settings_hash(self.store, model=self.model)
 
     def generator(self) -> Generator:
         if self._generator is None:
-            gen = self.ctx.spec.generation
-            self._generator = hf_generator(
-                self.model,
-                batch_size=gen.batch_size,
-                adapters_per_batch=1,
-                max_new_tokens=gen.max_new_tokens,
-                temperature=gen.temperature,
-                top_p=gen.top_p,
-                system_prompt=gen.system_prompt,
-                seed=gen.seed,
-                lora=gen.lora,
-            )
+            self._generator = make_hf_generator(self.ctx, self.model, adapters_per_batch=1)
         return self._generator
 
     # -- evaluation --------------------------------------------------------------------------
