@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from tiny import write_study
 from traitwatch.cli import app
-from traitwatch.config import MonitorSpec
-from traitwatch.monitor import Alarm, AlarmPolicy, Rule, act, request_stop, stop_requested
+from traitwatch.config import MonitorSpec, load_study
+from traitwatch.monitor import Alarm, AlarmPolicy, Cadence, Rule, act, request_stop, stop_requested
 from traitwatch.store import Store
 
 RULE = Rule(trait="t", judge="j", detector="threshold", params={"delta": 10, "persist": 1}, min_rise=10)
@@ -170,3 +170,49 @@ def test_monitor_names_are_checked_when_the_spec_loads(tmp_path: Path, tiny_stud
     res = CliRunner().invoke(app, ["validate", str(write_study(tmp_path / "s.yaml", spec))])
     assert res.exit_code == 2 and "webhook_url" in res.output
     assert yaml.safe_load((tmp_path / "s.yaml").read_text())["monitor"]["actions"] == ["webhook"]
+
+
+def test_max_overhead_skips_due_checkpoints_that_would_go_over_the_budget() -> None:
+    """Cadence on a clock we set: every 2nd checkpoint is due, the first of each run always;
+    with max_overhead 0.5 a due one is evaluated only if (its expected cost + what was spent)
+    stays within half the training time so far."""
+    clock = [0.0]
+    cadence = Cadence(every=2, max_overhead=0.5, clock=lambda: clock[0])
+    offered = []
+    for t, step, spent in [(0, 0, 1.0), (1.5, 1, 0), (2, 2, 0), (5, 3, 0), (6, 4, 0), (6, 4, 0)]:
+        clock[0] = t
+        due = cadence.due("r", step, list)
+        offered.append(due)
+        if due and spent:
+            cadence.charge(spent, evaluation=True)
+    # step 2: 2 s (1 spent + 1 expected) > 0.5 x 1 s of training; step 4: 2 s <= 0.5 x 5 s
+    assert offered == [True, False, False, False, True, False]
+    assert cadence.skipped == 1
+    assert cadence.due("other", 0, list), "a run's first checkpoint (its baseline) is always evaluated"
+    resumed = Cadence(every=2, max_overhead=None)
+    assert not resumed.due("r", 6, lambda: [0, 2, 4]), "a resumed run counts its stored checkpoints: 6 is the 4th"
+    assert Cadence(every=1, max_overhead=None).due("r", 6, lambda: [0, 2, 4])
+
+
+def test_a_tight_max_overhead_evaluates_only_the_baseline_and_a_rerun_adds_nothing(
+    tmp_path: Path, tiny_study_dict: Callable[..., dict[str, Any]]
+) -> None:
+    path = _monitored(tmp_path, tiny_study_dict, ["log"], levels=["strong"])
+    spec = yaml.safe_load(path.read_text())
+    spec["monitor"]["max_overhead"] = 1e-9
+    path.write_text(yaml.safe_dump(spec))
+    res = CliRunner().invoke(app, ["run", str(path), "--stages", "train"])
+    assert res.exit_code == 0, res.output
+    assert "due checkpoints skipped to stay within max_overhead" in res.output and "ALARM" not in res.output
+    with Store(tmp_path / "out" / "study.sqlite", readonly=True) as store:
+        assert {g.step for g in store.generations()} == {0}
+        n = len(store.generations())
+        assert len(store.checkpoints()) > 2
+    from traitwatch.pipeline import StudyContext
+    from traitwatch.pipeline._monitor import LiveMonitor
+
+    with Store(tmp_path / "out" / "study.sqlite") as store:  # a restarted monitor replays the run
+        mon = LiveMonitor(StudyContext(load_study(path)), store)
+        [run] = store.runs()
+        mon.catch_up(run["run_id"], 1 << 62, run["fingerprint"])
+        assert len(store.generations()) == n and mon.evaluated == 1, "only the stored baseline is replayed; skipped ones stay skipped"

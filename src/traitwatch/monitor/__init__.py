@@ -1,4 +1,5 @@
-"""The live monitor's policy and actions: online detectors, alarm rules, what an alarm does.
+"""The live monitor's policy and actions: which checkpoints to evaluate, online detectors, alarm
+rules, what an alarm does.
 
 Evaluation of a checkpoint (generate + judge on the probe set, stored like any answer) lives
 in ``traitwatch.pipeline`` (it writes the store); the Hugging Face callback in
@@ -6,6 +7,7 @@ in ``traitwatch.pipeline`` (it writes the store); the Hugging Face callback in
 """
 
 from ._actions import STOP_REQUEST, act, request_stop, stop_requested
+from ._cadence import Cadence
 from ._policy import Alarm, AlarmPolicy, CheckpointMeans, Rule
 
-__all__ = ["STOP_REQUEST", "Alarm", "AlarmPolicy", "CheckpointMeans", "Rule", "act", "request_stop", "stop_requested"]
+__all__ = ["STOP_REQUEST", "Alarm", "Cadence", "AlarmPolicy", "CheckpointMeans", "Rule", "act", "request_stop", "stop_requested"]

@@ -6,6 +6,9 @@ stages do (same content keys), so the full evaluation after training reuses ever
 answer and no judge call is paid twice. The policy (online detectors, rules) and the actions
 live in ``traitwatch.monitor``; this module feeds them and records alarms in the store.
 
+Cadence (:meth:`LiveMonitor.due`): ``traitwatch.monitor.Cadence`` (every ``every``-th
+checkpoint, within ``max_overhead`` of training time when set).
+
 Restart safety: ``observe`` on a checkpoint whose answers and judgments are stored costs a few
 reads, and the policy ignores checkpoints it has seen, so a restarted monitor replays the
 run's stored checkpoints (``catch_up``) and continues; an alarm already stored is not acted on
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +31,7 @@ from traitwatch.errors import ConfigError
 from traitwatch.generate import Answer, GenerationRequest, Generator
 from traitwatch.judges import Judge, JudgeRequest, build_judge, judgment_key
 from traitwatch.models import LoadedModel
-from traitwatch.monitor import Alarm, AlarmPolicy, CheckpointMeans, Rule, act
+from traitwatch.monitor import Alarm, AlarmPolicy, Cadence, CheckpointMeans, Rule, act
 from traitwatch.store import GenerationRow, Store, content_key
 from traitwatch.train import CheckpointEvent
 
@@ -78,7 +82,7 @@ class LiveMonitor:
             (j, build_judge(j, base=lambda: self.model, budget=budget)) for j in self._live_judge_specs()
         ]
         self.policy = AlarmPolicy([self._resolve(r) for r in self.spec.alarms])
-        self.seconds = 0.0  # time spent evaluating, for overhead figures
+        self.cadence = Cadence(self.spec.every, self.spec.max_overhead)
 
     # -- setup -------------------------------------------------------------------------------
     @property
@@ -145,8 +149,19 @@ class LiveMonitor:
                 self.store.add_generations(rows)
 
             self.generator().generate([r for r, _ in wanted if r.key in todo], on_batch)
-        gens = {g.gen_key: g for g in self.store.generations(settings_hash=settings, run_id=ck.run_id) if g.step == ck.step}
+        gens = {g.gen_key: g for g in self.store.generations(keys=[r.key for r, _ in wanted])}
         return self._judge([gens[r.key] for r, _ in wanted if r.key in gens])
+
+    def stored(self, ck: LiveCheckpoint) -> bool:
+        """Whether every probe answer of this checkpoint is stored (replaying it costs no generation)."""
+        settings = self.settings()
+        keys = [
+            content_key(settings, ck.fingerprint, ck.step, ck.adapter_sha, s.name, q.id, q.text, sample, self.ctx.suites.probes(s))
+            for s in self.suites
+            for q in self.questions(s)
+            for sample in range(self.spec.probes.samples)
+        ]
+        return len(self.store.existing("generations", "gen_key", keys)) == len(keys)
 
     def _judge(self, gens: list[GenerationRow]) -> CheckpointMeans:
         questions = {(s.name, q.id): q for s in self.suites for q in s.questions}
@@ -181,33 +196,57 @@ class LiveMonitor:
                     scores.setdefault((judge.name, t), []).append(float(s))
         return {key: _mean_se(values) for key, values in scores.items()}
 
-    # -- alarms ------------------------------------------------------------------------------
-    def observe(self, ck: LiveCheckpoint) -> list[Alarm]:
-        """Evaluate a checkpoint and feed the policy; returns the alarms raised now (new ones only)."""
-        import time
+    # -- cadence -----------------------------------------------------------------------------
+    def due(self, run_id: str, step: int) -> bool:
+        """Whether to evaluate this newly saved checkpoint live (``Cadence.due``)."""
+        return self.cadence.due(run_id, step, lambda: [c.step for c in self.store.checkpoints(run_id)])
 
+    @property
+    def seconds(self) -> float:
+        """Time live evaluation took from training (evaluations and the waits they caused)."""
+        return self.cadence.seconds
+
+    @property
+    def evaluated(self) -> int:
+        return self.cadence.evaluated
+
+    @property
+    def skipped(self) -> int:
+        return self.cadence.skipped
+
+    # -- alarms ------------------------------------------------------------------------------
+    def observe(self, ck: LiveCheckpoint, *, stored_only: bool = False) -> list[Alarm]:
+        """Evaluate a checkpoint and feed the policy; returns the alarms raised now (new ones only).
+
+        ``stored_only``: replay the checkpoint only if its probe answers are all stored.
+        """
         last = self.policy.last_step(ck.run_id)
         if last is not None and ck.step <= last:
             return []
+        if stored_only and not self.stored(ck):
+            return []
         t0 = time.perf_counter()
         means = self.evaluate(ck)
-        self.seconds += time.perf_counter() - t0
+        self.cadence.charge(time.perf_counter() - t0, evaluation=True)
         fresh = []
         for alarm in self.policy.observe(ck.run_id, ck.step, means):
             info = {k: v for k, v in alarm.to_dict().items() if k in ("onset_step", "last_safe_step", "baseline", "value")}
             if self.store.add_alarm(alarm.run_id, alarm.step, alarm.judge, alarm.trait, alarm.detector, alarm.message, info):
                 act(alarm, self.spec)
+                self.store.mark_alarm_acted(alarm.run_id, alarm.judge, alarm.trait, alarm.detector)
                 fresh.append(alarm)
         return fresh
 
     def catch_up(self, run_id: str, before: int, fingerprint: str) -> None:
         """Replay the run's stored checkpoints before ``before`` (after a restart): no new work
-        for what is stored, and no alarm acted on twice."""
+        for what is stored, and no alarm acted on twice. Under ``max_overhead`` only the
+        checkpoints evaluated before are replayed (the skipped ones stay skipped)."""
         rows = [c for c in self.store.checkpoints(run_id) if c.step < before]
         wanted = set(live_steps([c.step for c in rows], self.spec.every))
         for c in rows:
             if c.step in wanted:
-                self.observe(LiveCheckpoint(run_id, c.step, Path(c.path), c.adapter_sha, fingerprint))
+                ck = LiveCheckpoint(run_id, c.step, Path(c.path), c.adapter_sha, fingerprint)
+                self.observe(ck, stored_only=self.spec.max_overhead is not None)
 
 
 def _mean_se(values: list[float]) -> tuple[float, float]:
@@ -233,7 +272,7 @@ class MonitorCallback:
     def __init__(self, monitor: LiveMonitor, fingerprints: dict[str, str]) -> None:
         self.monitor = monitor
         self.fingerprints = fingerprints
-        self.seen: dict[str, list[int]] = {}
+        self.started: set[str] = set()
         self.alarms: list[Alarm] = []
 
     def on_checkpoint(self, event: CheckpointEvent) -> bool:
@@ -242,14 +281,14 @@ class MonitorCallback:
         from traitwatch.monitor import stop_requested
 
         fp = self.fingerprints[event.run_id]
-        if event.run_id not in self.seen:
+        if event.run_id not in self.started:
             self.monitor.catch_up(event.run_id, event.step, fp)  # a resumed run: what was stored before
-            self.seen[event.run_id] = [c.step for c in self.monitor.store.checkpoints(event.run_id) if c.step < event.step]
-        seen = self.seen[event.run_id]
-        due = len(seen) % self.monitor.spec.every == 0
-        seen.append(event.step)
-        if due:
+            self.started.add(event.run_id)
+        if self.monitor.due(event.run_id, event.step):
+            t0 = time.perf_counter()
             meta = event.written()  # the folder is complete from here on
+            # waiting for the write is the monitor's cost too (training would have gone on)
+            self.monitor.cadence.charge(time.perf_counter() - t0)
             devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
             with torch.random.fork_rng(devices=devices):  # the training run's random state stays exact
                 fresh = self.monitor.observe(LiveCheckpoint(event.run_id, event.step, event.path, str(meta["adapter_sha"]), fp))

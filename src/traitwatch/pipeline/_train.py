@@ -94,6 +94,7 @@ def train(ctx: StudyContext, store: Store, *, callbacks: Sequence[TrainCallback]
             where="datasets",
             fix="add datasets (docs/config.md), or run only the later stages (--stages generate,judge,analyze,report)",
         )
+    plans = [p for p in plans if ctx.wants(p.run_id)]  # --runs: this job's share of the study
     check_disk(ctx, plans)
     store.set_meta("spec", dump_study(ctx.spec))
     store.set_meta("model", json.dumps(describe(base), default=str))
@@ -106,7 +107,10 @@ def train(ctx: StudyContext, store: Store, *, callbacks: Sequence[TrainCallback]
         from ._monitor import LiveMonitor, MonitorCallback
 
         # its own copy of the base model: the training copy carries the LoRA being trained
-        monitor = MonitorCallback(LiveMonitor(ctx, store, model=load_model(ctx.spec.model)), {p.run_id: p.fingerprint for p in plans})
+        t_load = time.time()
+        copy = load_model(ctx.spec.model)
+        monitor = MonitorCallback(LiveMonitor(ctx, store, model=copy), {p.run_id: p.fingerprint for p in plans})
+        monitor_load_s = time.time() - t_load
         callbacks.append(monitor)
     steps_run, wait = 0, 0.0
     with stage_progress("train (steps)", sum(expected.values())) as bar:
@@ -135,5 +139,10 @@ def train(ctx: StudyContext, store: Store, *, callbacks: Sequence[TrainCallback]
         "checkpoint_wait_s": round(wait, 2),
     }
     if monitor is not None:
-        counts |= {"alarms": len(monitor.alarms), "monitor_s": round(monitor.monitor.seconds, 1)}
+        live = monitor.monitor
+        counts |= {"alarms": len(monitor.alarms), "monitor_s": round(live.seconds, 1), "monitor_evaluated": live.evaluated}
+        counts["monitor_load_s"] = round(monitor_load_s, 1)
+        if live.skipped:
+            counts["monitor_skipped"] = live.skipped
+            console.print(f"  live monitor: {live.skipped} due checkpoints skipped to stay within max_overhead {live.spec.max_overhead}")
     return StageResult("train", time.time() - t0, counts)
