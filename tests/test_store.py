@@ -304,10 +304,12 @@ def test_every_row_type_roundtrips_by_column_name(tmp_path: Path, layout: str) -
 
         # alarms
         assert st.add_alarm("run-A", 7, "judge-J", "trait-T", "detector-D", "message M", {"onset_step": 5, "last_safe_step": 4})
-        assert not st.add_alarm("run-A", 9, "judge-J", "trait-T", "detector-D", "again")
+        assert st.add_alarm("run-A", 9, "judge-J", "trait-T", "detector-D", "again"), "stored, never acted on: still to act"
+        st.mark_alarm_acted("run-A", "judge-J", "trait-T", "detector-D")
+        assert not st.add_alarm("run-A", 9, "judge-J", "trait-T", "detector-D", "again"), "acted on: done"
         [alarm] = st.alarms()
-        assert list(alarm) == ["run_id", "step", "judge", "trait", "detector", "message", "created_at", "info"]
-        assert isinstance(alarm.pop("created_at"), float)
+        assert list(alarm) == ["run_id", "step", "judge", "trait", "detector", "message", "created_at", "info", "acted_at"]
+        assert isinstance(alarm.pop("created_at"), float) and isinstance(alarm.pop("acted_at"), float)
         assert alarm == dict(
             run_id="run-A",
             step=7,
@@ -439,5 +441,6 @@ def test_a_store_from_before_alarm_details_gains_the_column(tmp_path: Path) -> N
         db.execute("INSERT INTO alarms VALUES ('r', 3, 'j', 't', 'd', 'old', 1.0)")
     with Store(path) as st:
         assert st.alarms()[0]["info"] == {} and st.alarms()[0]["message"] == "old"
+        assert not st.add_alarm("r", 3, "j", "t", "d", "old"), "an old store's alarms were acted on when stored"
         assert st.add_alarm("r", 4, "j", "t2", "d", "new", {"onset_step": 2})
         assert st.alarms()[1]["info"] == {"onset_step": 2}

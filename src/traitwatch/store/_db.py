@@ -117,6 +117,7 @@ CREATE TABLE IF NOT EXISTS alarms (
     message TEXT NOT NULL,
     created_at REAL NOT NULL,
     info TEXT NOT NULL DEFAULT '{}',
+    acted_at REAL,
     PRIMARY KEY (run_id, judge, trait, detector)
 );
 """
@@ -219,7 +220,7 @@ _RUN_COLUMNS = (
 _RUN_UPSERT_COLUMNS = tuple(c for c in _RUN_COLUMNS if c != "status")  # status is set by set_run_status
 _RUN_UPDATE_ON_CONFLICT = ("n_train", "n_heldout", "total_steps", "info")
 _LINK_COLUMNS = ("gen_key", "judge", "trait", "judgment_key")  # the order of add_judgments' link tuples
-_ALARM_COLUMNS = ("run_id", "step", "judge", "trait", "detector", "message", "created_at", "info")
+_ALARM_COLUMNS = ("run_id", "step", "judge", "trait", "detector", "message", "created_at", "info", "acted_at")
 
 # Where each ScoreRow / answer_scores field comes from in the generations-scores-judgments(-runs) join.
 _SCORE_SOURCES = {
@@ -325,6 +326,20 @@ class Store:
         with self.transaction() as c:
             c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
+    def table_schema(self, table: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(columns, primary-key columns) of ``table`` as this file records them.
+
+        For code that treats every table alike (``traitwatch merge``): read from the file, not
+        from this module, so a store made before a column was added says what it holds.
+        """
+        if not table.isidentifier():
+            raise ValueError(f"not a table name: {table!r}")
+        info = self.conn.execute(f"PRAGMA table_info({table})").fetchall()
+        if not info:
+            raise StoreError(f"the store has no table '{table}'", where=str(self.path), fix="check the file is a traitwatch study store")
+        key = tuple(r[1] for r in sorted((r for r in info if r[5]), key=lambda r: r[5]))
+        return tuple(r[1] for r in info), key
+
     # -- runs and checkpoints ---------------------------------------------------------------
     def upsert_run(
         self,
@@ -419,7 +434,18 @@ class Store:
             cur = c.executemany(_GENERATIONS.insert_sql("IGNORE"), [_GENERATIONS.values(r, now) for r in rows])
             return cur.rowcount
 
-    def generations(self, *, settings_hash: str | None = None, run_id: str | None = None) -> list[GenerationRow]:
+    def generations(
+        self, *, settings_hash: str | None = None, run_id: str | None = None, keys: Sequence[str] | None = None
+    ) -> list[GenerationRow]:
+        """Stored answers, filtered; ``keys`` reads just those rows (the live monitor's few
+        probe answers, without scanning the run's whole history at every checkpoint)."""
+        if keys is not None:
+            rows: list[sqlite3.Row] = []
+            for i in range(0, len(keys), 500):
+                chunk = list(keys[i : i + 500])
+                sql = _GENERATIONS.select_sql() + f" WHERE gen_key IN ({','.join('?' * len(chunk))})"
+                rows += self.conn.execute(sql, chunk).fetchall()
+            return [_GENERATIONS.decode(r) for r in rows]
         sql = _GENERATIONS.select_sql() + " WHERE 1=1"
         args: list[Any] = []
         if settings_hash is not None:
@@ -528,8 +554,13 @@ class Store:
     def add_alarm(
         self, run_id: str, step: int, judge: str, trait: str, detector: str, message: str, info: dict[str, Any] | None = None
     ) -> bool:
-        """Record an alarm; returns False when this (run, judge, trait, detector) already fired.
+        """Record an alarm; returns whether its actions are still to be taken: True when it is
+        new, or was stored but never marked acted (:meth:`mark_alarm_acted`), False when this
+        (run, judge, trait, detector) already fired and was acted on.
 
+        Why two steps: a monitor killed between storing an alarm and acting on it would
+        otherwise lose the alarm's file line, webhook post and stop; with the mark, a
+        restarted monitor acts on it then (at least once, never silently dropped).
         ``info`` holds the alarm's details (onset step, last safe checkpoint, baseline, value).
         """
         values = {
@@ -541,10 +572,22 @@ class Store:
             "message": message,
             "created_at": time.time(),
             "info": json.dumps(info or {}),
+            "acted_at": None,
         }
         with self.transaction() as c:
-            cur = c.execute(_insert_sql("INSERT OR IGNORE", "alarms", _ALARM_COLUMNS), tuple(values[col] for col in _ALARM_COLUMNS))
-            return cur.rowcount > 0
+            c.execute(_insert_sql("INSERT OR IGNORE", "alarms", _ALARM_COLUMNS), tuple(values[col] for col in _ALARM_COLUMNS))
+            row = c.execute(
+                "SELECT acted_at FROM alarms WHERE run_id=? AND judge=? AND trait=? AND detector=?", (run_id, judge, trait, detector)
+            ).fetchone()
+            return row[0] is None
+
+    def mark_alarm_acted(self, run_id: str, judge: str, trait: str, detector: str) -> None:
+        """Record that an alarm's actions were taken (see :meth:`add_alarm`)."""
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE alarms SET acted_at=? WHERE run_id=? AND judge=? AND trait=? AND detector=?",
+                (time.time(), run_id, judge, trait, detector),
+            )
 
     def alarms(self) -> list[dict[str, Any]]:
         sql = f"SELECT {', '.join(_ALARM_COLUMNS)} FROM alarms ORDER BY created_at"
@@ -556,6 +599,10 @@ class Store:
         if "info" not in have:
             with self.transaction() as c:
                 c.execute("ALTER TABLE alarms ADD COLUMN info TEXT NOT NULL DEFAULT '{}'")
+        if "acted_at" not in have:  # alarms of older stores were acted on when they were stored
+            with self.transaction() as c:
+                c.execute("ALTER TABLE alarms ADD COLUMN acted_at REAL")
+                c.execute("UPDATE alarms SET acted_at=created_at")
 
     # -- export -----------------------------------------------------------------------------
     def export(self, folder: str | Path, fmt: str = "csv") -> list[Path]:
