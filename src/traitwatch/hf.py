@@ -29,10 +29,8 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from traitwatch.config import StudySpec, load_study
 from traitwatch.monitor import Alarm, stop_requested
-from traitwatch.store import CheckpointRow, Store, content_key
-
-#: Adapter weights a checkpoint folder must hold before it is read.
-ADAPTER_FILE = "adapter_model.safetensors"
+from traitwatch.store import Store
+from traitwatch.train import ADAPTER_FILE
 
 
 class TraitwatchCallback(TrainerCallback):
@@ -79,6 +77,7 @@ class TraitwatchCallback(TrainerCallback):
     # -- set-up ------------------------------------------------------------------------------
     def _start(self, args: TrainingArguments) -> None:
         from traitwatch.pipeline import StudyContext
+        from traitwatch.pipeline._layout import find_checkpoints, identify_run
         from traitwatch.pipeline._monitor import LiveMonitor
 
         ctx = StudyContext(self.spec)
@@ -86,8 +85,9 @@ class TraitwatchCallback(TrainerCallback):
         self._store = Store(ctx.paths.store)
         self._monitor = LiveMonitor(ctx, self._store)
         out = _out(args).resolve()
-        self.run_id = self.run_id or out.name
-        self._fingerprint = content_key("hf-run-v1", self.run_id, str(out))
+        # the same identity rules as `traitwatch watch` and `import` on this folder, so their answers agree
+        ident = identify_run(self._store, out, find_checkpoints(out), kind="hf-run", run_id=self.run_id)
+        self.run_id, self._fingerprint = ident.run_id, ident.fingerprint
         self._store.upsert_run(
             run_id=self.run_id,
             fingerprint=self._fingerprint,
@@ -130,29 +130,16 @@ class TraitwatchCallback(TrainerCallback):
     def _evaluate(self, args: TrainingArguments, step: int, folder: Path, state: TrainerState) -> list[Alarm]:
         import torch
 
+        from traitwatch.pipeline._layout import FoundCheckpoint, checkpoint_row, record_checkpoint
         from traitwatch.pipeline._monitor import LiveCheckpoint
-        from traitwatch.train._checkpoints import file_sha256
+        from traitwatch.train import file_sha256
 
         assert self._store is not None and self._monitor is not None
         if step in self._seen:
             return []
         sha = file_sha256(folder / ADAPTER_FILE)
-        losses = [e for e in state.log_history if "loss" in e]
-        evals = [e for e in state.log_history if "eval_loss" in e]
-        self._store.add_checkpoint(
-            CheckpointRow(
-                run_id=str(self.run_id),
-                step=step,
-                path=str(folder.resolve()),
-                adapter_sha=sha,
-                train_loss=float(losses[-1]["loss"]) if losses and step > 0 else None,
-                heldout_loss=float(evals[-1]["eval_loss"]) if evals else None,
-                learning_rate=float(losses[-1].get("learning_rate", 0.0)) if losses else None,
-                tokens_seen=None,
-                elapsed_s=None,
-            )
-        )
-        due = len(self._seen) % self._monitor.spec.every == 0
+        record_checkpoint(self._store, checkpoint_row(str(self.run_id), FoundCheckpoint(step, folder, "hf"), sha, state.log_history))
+        due = self._monitor.due(str(self.run_id), step)
         self._seen.append(step)
         if not due:
             return []

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from traitwatch.errors import DataError, StoreError
 from traitwatch.store import Store
-from traitwatch.train._checkpoints import ADAPTER_FILE, file_sha256
+from traitwatch.train import ADAPTER_FILE, file_sha256
 from traitwatch.train._loop import STOPPED_FILE
 
 from ._context import StudyContext

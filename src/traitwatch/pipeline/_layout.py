@@ -32,7 +32,7 @@ from typing import Any
 from traitwatch.config import StudySpec
 from traitwatch.errors import StoreError
 from traitwatch.store import CheckpointRow, Store, content_key
-from traitwatch.train._checkpoints import ADAPTER_FILE
+from traitwatch.train import ADAPTER_FILE
 
 #: Sources (``info.source`` of a stored run) of runs trained outside this study's plan.
 EXTERNAL_SOURCES = ("import", "hf-trainer", "watch")

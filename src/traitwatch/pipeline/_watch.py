@@ -25,15 +25,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from traitwatch.errors import DataError
-from traitwatch.models import LoadedModel
 from traitwatch.store import Store, StudyLock
 
 from ._context import StudyContext
-from ._layout import (
-    find_checkpoints,
-)
+from ._layout import find_checkpoints
 from ._watcher import WATCH_LOCK, Watcher, WatchResult, _say, watch_folder
 
 
@@ -42,20 +40,15 @@ def watch(
     store: Store,
     folder: Path,
     *,
-    run_id: str | None = None,
-    domain: str | None = None,
-    level: str | None = None,
-    seed: int | None = None,
     once: bool = False,
-    poll: float = 5.0,
-    idle_timeout: float = 600.0,
-    model: LoadedModel | None = None,
     say: Callable[[str], None] = _say,
+    **options: Any,
 ) -> WatchResult:
     """Follow ``folder`` (a trainer's checkpoint folder) and evaluate each new checkpoint live.
 
     Holds ``.traitwatch-watch.lock`` in the folder while it runs (a second watcher of the same
-    folder is refused and told who holds it); not the study's lock.
+    folder is refused and told who holds it); not the study's lock. ``options``: the other
+    keyword arguments of :class:`Watcher` (run_id, domain, level, seed, poll, idle_timeout, model).
     """
     folder = Path(folder)
     if not folder.exists():
@@ -75,18 +68,5 @@ def watch(
                 fix="watch one run's folder (start one watcher per run)",
             )
     with StudyLock(folder, name=WATCH_LOCK, what="this checkpoint folder"):
-        watcher = Watcher(
-            ctx,
-            store,
-            folder,
-            run_id=run_id,
-            domain=domain,
-            level=level,
-            seed=seed,
-            once=once,
-            poll=poll,
-            idle_timeout=idle_timeout,
-            model=model,
-            say=say,
-        )
+        watcher = Watcher(ctx, store, folder, once=once, say=say, **options)
         return watcher.run()

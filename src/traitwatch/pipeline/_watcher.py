@@ -13,7 +13,7 @@ from traitwatch.models import LoadedModel
 from traitwatch.monitor import Alarm, request_stop
 from traitwatch.progress import console
 from traitwatch.store import Store
-from traitwatch.train._checkpoints import ADAPTER_FILE, file_sha256
+from traitwatch.train import ADAPTER_FILE, file_sha256
 from traitwatch.train._loop import STOPPED_FILE
 
 from ._context import StudyContext

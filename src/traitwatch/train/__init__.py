@@ -4,7 +4,7 @@
 plug-in point for live monitors. Tests and benchmarks import the private modules directly.
 """
 
-from ._checkpoints import verify
+from ._checkpoints import ADAPTER_FILE, file_sha256, verify
 from ._loop import (
     CheckpointDropped,
     CheckpointEvent,
@@ -22,6 +22,7 @@ from ._loop import (
 from ._tokenize import encode_prompt
 
 __all__ = [
+    "ADAPTER_FILE",
     "CheckpointDropped",
     "CheckpointEvent",
     "CheckpointSaved",
@@ -32,6 +33,7 @@ __all__ = [
     "TrainEvent",
     "TrainResult",
     "encode_prompt",
+    "file_sha256",
     "split_heldout",
     "total_steps",
     "train_run",
