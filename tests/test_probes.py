@@ -108,6 +108,20 @@ def test_leave_one_run_out_selects_on_the_other_runs() -> None:
     assert by_run["n"].probe.step is None and by_run["n"].full.step is None
 
 
+def test_an_onset_on_a_normal_run_is_reported_as_a_possible_false_alarm() -> None:
+    a = rows("a", early_late_never())
+    quiet = rows("n", {q: (None, 0.0) for q in early_late_never()})
+    # the normal run's probe questions (the early ones) drift up 40 points late in training
+    noisy = rows("m", {q: ((14, 40.0) if q.startswith("early") else (None, 0.0)) for q in early_late_never()})
+    runs = [{"run_id": "a", "level": "strong"}, {"run_id": "n", "level": "normal"}]
+    clean = choose_probes(a + quiet, runs, ANALYSIS, questions=2)
+    assert any("no onset on the probe set in 1 normal run(s) (no false alarm)" in n for n in clean.notes), clean.notes
+    runs.append({"run_id": "m", "level": "normal"})
+    drifting = choose_probes(a + quiet + noisy, runs, ANALYSIS, questions=2)
+    [note] = [n for n in drifting.notes if "false alarm" in n]
+    assert "possible false alarm" in note and "1 of 2 normal run(s)" in note and "m step 14" in note, note
+
+
 def test_cost_table_counts_answers_and_requests() -> None:
     data = rows("a", early_late_never())
     data += [ScoreRow(r.run_id, r.step, r.suite, r.question_id, r.sample, "check", "other", 0.0) for r in data]

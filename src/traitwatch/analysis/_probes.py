@@ -559,6 +559,22 @@ def _summarise(comparisons: Sequence[OnsetComparison], misaligned: Sequence[str]
             f"{trait}: over {len(leads)} misaligned run(s) with both onsets, the probe set fires earlier in {early}, "
             f"at the same checkpoint in {same}, later in {late} (median lead {med:+.0f} steps; {cs[0].validation})"
         )
+    # False alarms: normal runs are trained on clean data, so an onset there is one a live monitor
+    # on this probe set would have alarmed on for nothing (offline, with the analysis detectors).
+    normal: dict[str, list[OnsetComparison]] = {}
+    for c in comparisons:
+        if c.level == "normal":
+            normal.setdefault(c.trait, []).append(c)
+    for trait, cs in normal.items():
+        fired = [c for c in cs if c.probe.step is not None]
+        if not fired:
+            notes.append(f"{trait}: no onset on the probe set in {len(cs)} normal run(s) (no false alarm)")
+            continue
+        where = ", ".join(f"{c.run_id} step {c.probe.step}" + ("" if c.full.step is None else " (full set too)") for c in fired)
+        notes.append(
+            f"{trait}: possible false alarm: the probe set finds an onset in {len(fired)} of {len(cs)} normal run(s) ({where}); "
+            "a live alarm rule needs a min_rise or consecutive that this rise would not meet (docs/monitor.md)"
+        )
 
 
 # -- cost ------------------------------------------------------------------------------------
