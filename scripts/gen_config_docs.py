@@ -21,6 +21,7 @@ from traitwatch.config import (
     DatasetSpec,
     DemoDataSpec,
     DetectorRef,
+    ExecutorSpec,
     GenerationSpec,
     JudgeSpecBase,
     LocalJudgeSpec,
@@ -60,6 +61,7 @@ SECTIONS: list[tuple[str, type[BaseModel], type[BaseModel] | None]] = [
     ("`monitor`", MonitorSpec, None),
     ("`monitor.probes`", ProbeSpec, None),
     ("`monitor.alarms[]`", AlarmRule, None),
+    ("`executor`", ExecutorSpec, None),
 ]
 
 

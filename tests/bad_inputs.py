@@ -296,7 +296,33 @@ CASES: list[Case] = [
         ("not writable",),
     ),
     Case("study-locked", "a study another process is running", _hold_lock, ("in use by pid", "wait for it"), on_stored_work=True),
+    Case(
+        "runs-no-match",
+        "a `--runs` glob that matches no run of the study",
+        lambda t, d: ["run", str(_on_done(t, d)), "--runs", "arith-*", "--runs", "medical-*"],
+        ("--runs", "matches no run", "arith-normal-s0, arith-strong-s0"),
+        on_stored_work=True,
+    ),
+    Case(
+        "merge-conflict",
+        "`traitwatch merge` of a part whose run was trained differently (same run and step, another adapter)",
+        lambda t, d: _merge_conflict(t, d),
+        ("table checkpoints", "adapter_sha", "nothing was written"),
+        on_stored_work=True,
+    ),
 ]
+
+
+def _merge_conflict(tmp: Path, done: Path) -> list[str]:
+    """A merged study (``out``) and a part holding one of its runs trained again, differently."""
+    from traitwatch.pipeline._merge import merge_studies
+
+    shutil.copytree(done, tmp / "a")
+    merge_studies(tmp / "out", [tmp / "a"])
+    shutil.copytree(done, tmp / "b")
+    with sqlite3.connect(tmp / "b" / "study.sqlite") as c:
+        c.execute("UPDATE checkpoints SET adapter_sha = ? WHERE run_id = 'arith-normal-s0' AND step = 2", ("0" * 64,))
+    return ["merge", str(tmp / "out"), str(tmp / "b")]
 
 
 def _counts(out: Path) -> dict[str, int]:

@@ -64,11 +64,47 @@ def _escape(text: str) -> str:
     return text.replace("[", "\\[")
 
 
-def _context(study: Path) -> Any:
+def _context(
+    study: Path,
+    *,
+    output_dir: Path | None = None,
+    runs: list[str] | None = None,
+    executor: str | None = None,
+    address: str | None = None,
+) -> Any:
+    """The study's context; ``output_dir`` replaces the spec's (``--output-dir``), ``runs``
+    selects runs by glob (``--runs``; a glob matching no run is an error naming the runs);
+    ``executor`` and ``address`` replace the spec's executor kind and Ray address."""
     from traitwatch.config import load_study
+    from traitwatch.errors import ConfigError
     from traitwatch.pipeline import StudyContext
+    from traitwatch.pipeline._context import with_output_dir
 
-    return StudyContext(load_study(study))
+    spec = load_study(study)
+    if output_dir is not None:
+        spec = with_output_dir(spec, output_dir)
+    if executor is not None and executor not in ("local", "ray"):
+        raise TraitwatchError(f"unknown executor '{executor}'", where="--executor", fix="use local or ray")
+    if executor is not None or address is not None:
+        update = {"kind": executor or ("ray" if address else spec.executor.kind)} | ({"address": address} if address else {})
+        spec = spec.model_copy(update={"executor": spec.executor.model_copy(update=update)})
+    try:
+        return StudyContext(spec, runs=runs)
+    except ConfigError as exc:
+        if exc.where != "runs":
+            raise
+        raise TraitwatchError(exc.message, where="--runs", fix=exc.fix) from None
+
+
+OutputDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--output-dir",
+        metavar="DIR",
+        help="The study's folder (store, runs, analysis, report): DIR instead of the spec's output_dir.",
+        show_default=False,
+    ),
+]
 
 
 def _print_results(results: list[Any]) -> None:
@@ -88,10 +124,45 @@ def _locked(ctx: Any) -> Any:
 def run(
     study: StudyArg,
     stages: Annotated[str, typer.Option(help="Comma-separated stages to run, in order.")] = "train,generate,judge,analyze,report",
+    runs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--runs",
+            metavar="GLOB",
+            help="Only the runs whose id matches (fnmatch, e.g. 'math-strong-*'; repeatable): train, generate, judge.",
+            show_default=False,
+        ),
+    ] = None,
+    output_dir: OutputDirOpt = None,
+    executor: Annotated[
+        str | None,
+        typer.Option(
+            "--executor",
+            metavar="KIND",
+            help="local (this process) or ray (train, generate and judge as Ray tasks); default: the spec's executor.kind.",
+            show_default=False,
+        ),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            metavar="ADDR",
+            help="With --executor ray: the cluster to join, auto or ray://host:10001 (default: start a local Ray instance).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run a whole study (or some stages): train, generate, judge, analyze, report.
 
     Rerunning after a crash or Ctrl-C continues where it stopped.
+
+    On a Ray cluster: `traitwatch run study.yaml --executor ray [--address auto]`; the
+    checkpoints must be on a filesystem every node reads (docs/cluster.md).
+
+    A study split over machines (a Slurm job array): each job runs
+    `traitwatch run study.yaml --runs GLOB --output-dir DIR` (its runs, its own folder), and
+    `traitwatch merge OUT_DIR DIR...` joins the folders; see docs/cluster.md.
     """
     from traitwatch.errors import ConfigError
     from traitwatch.pipeline import check_stages, run_stages
@@ -100,7 +171,7 @@ def run(
         names = check_stages([s.strip() for s in stages.split(",") if s.strip()])
     except ConfigError as exc:
         raise TraitwatchError(exc.message, where="--stages", fix=exc.fix) from None
-    ctx = _context(study)
+    ctx = _context(study, output_dir=output_dir, runs=runs, executor=executor, address=address)
     with _locked(ctx):
         results, report = run_stages(ctx, names, on_stage=lambda r: _print_results([r]))
     if report is not None:
@@ -178,12 +249,12 @@ def _print_leads(ctx: Any) -> None:
 
 @app.command()
 @friendly
-def train(study: StudyArg) -> None:
+def train(study: StudyArg, output_dir: OutputDirOpt = None) -> None:
     """Train every run of the study (LoRA), saving a checkpoint every `save_every` steps. Resumes."""
     from traitwatch.pipeline import preflight
     from traitwatch.pipeline import train as train_stage
 
-    ctx = _context(study)
+    ctx = _context(study, output_dir=output_dir)
     preflight(ctx)
     with _locked(ctx), ctx.open_store() as store:
         _print_results([train_stage(ctx, store)])
@@ -191,14 +262,14 @@ def train(study: StudyArg) -> None:
 
 @app.command()
 @friendly
-def generate(study: StudyArg) -> None:
+def generate(study: StudyArg, output_dir: OutputDirOpt = None) -> None:
     """Generate answers to every trait question at every saved checkpoint (skips stored answers).
 
     Settings: the spec's `generation:` section. (`evaluate` is the old name of this command.)
     """
     from traitwatch.pipeline import generate as generate_stage
 
-    ctx = _context(study)
+    ctx = _context(study, output_dir=output_dir)
     with _locked(ctx), ctx.open_store() as store:
         _print_results([generate_stage(ctx, store)])
 
@@ -212,12 +283,13 @@ def judge(
     study: StudyArg,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count requests and estimate the cost.")] = False,
     only: Annotated[str | None, typer.Option("--judge", help="Run only this judge.")] = None,
+    output_dir: OutputDirOpt = None,
 ) -> None:
     """Score every stored answer with the study's judges (never sends a stored request again)."""
     from traitwatch.pipeline import judge as judge_stage
     from traitwatch.pipeline import preflight
 
-    ctx = _context(study)
+    ctx = _context(study, output_dir=output_dir)
     if not dry_run:
         preflight(ctx)
     with _locked(ctx), ctx.open_store() as store:
@@ -264,11 +336,11 @@ def calibrate(
 
 @app.command()
 @friendly
-def analyze(study: StudyArg) -> None:
+def analyze(study: StudyArg, output_dir: OutputDirOpt = None) -> None:
     """Compute curves, onsets and lead times; print the per-run table and write CSVs."""
     from traitwatch.pipeline import analyze as analyze_stage
 
-    ctx = _context(study)
+    ctx = _context(study, output_dir=output_dir)
     with ctx.open_store() as store:
         result, _ = analyze_stage(ctx, store)
     _print_analysis(result)
@@ -693,12 +765,68 @@ def import_(
 
 @app.command()
 @friendly
-def report(study: StudyArg) -> None:
+def merge(
+    out: Annotated[
+        Path,
+        typer.Argument(
+            metavar="OUT_DIR", help="The merged study's folder (created; a merge there before is continued).", show_default=False
+        ),
+    ],
+    folders: Annotated[
+        list[Path],
+        typer.Argument(metavar="STUDY_DIR", help="The output folders of the parts (each holds a study.sqlite).", show_default=False),
+    ],
+) -> None:
+    """Merge the output folders of one study run in parts into one study folder.
+
+    The parts: the same spec run as several jobs, each with its own runs and folder
+    (`traitwatch run study.yaml --runs GLOB --output-dir DIR`, e.g. the tasks of a Slurm job
+    array). Every table of each store (runs, checkpoints, answers, judgments, score links,
+    alarms, meta) is merged by its key; a row stored by two parts is kept once. Rows may differ
+    in when they were written (created_at, elapsed_s), and a judgment in what the judge said
+    (an API judge may answer one request twice differently; the first folder's is kept).
+
+    Anything else that differs under one key is a conflict (another spec, or one run trained by
+    two jobs): the command names the table, the key and the two folders, writes nothing, and
+    exits 2. Meta that must agree: the spec (except where each part was written), the model
+    identity, the generation settings hashes.
+
+    Files: runs/RUN/ (checkpoints) and data/ are copied into OUT_DIR, and the checkpoint paths
+    in the store point there; runs trained elsewhere (imported) keep their paths. The alarm
+    files are joined. analysis/ and report/ are not copied: make them with
+    `traitwatch run study.yaml --output-dir OUT_DIR --stages analyze,report`.
+
+    Safe to repeat: a second merge, or one after a kill, adds nothing twice. Holds the lock of
+    OUT_DIR and of each part (a part still running is refused).
+    """
+    from traitwatch.pipeline._merge import merge_studies
+
+    result = merge_studies(out, folders)
+    for table, c in result.tables.items():
+        console.print(f"{table}: {c['new']} new, {c['same']} already there", markup=False)
+    console.print(f"files copied: {result.files_copied}", markup=False)
+    if result.judgments_differing:
+        console.print(
+            f"note: {result.judgments_differing} judgments were stored by two parts with different outputs"
+            " (a judge's answers vary between calls); the first folder's are kept",
+            markup=False,
+        )
+    if result.paths_kept:
+        console.print(f"note: {result.paths_kept} checkpoint rows keep their paths (runs trained elsewhere)", markup=False)
+    if result.left_out:
+        console.print(f"not copied (regenerated or not study data): {', '.join(result.left_out)}", markup=False)
+    console.print(f"merged into {result.out}", markup=False, soft_wrap=True)
+    console.print(f"next: traitwatch run STUDY --output-dir {result.out} --stages analyze,report", markup=False, soft_wrap=True)
+
+
+@app.command()
+@friendly
+def report(study: StudyArg, output_dir: OutputDirOpt = None) -> None:
     """Write the HTML report (self-contained) and PNG figures from what is stored."""
     from traitwatch.pipeline import analyze as analyze_stage
     from traitwatch.pipeline import report as report_stage
 
-    ctx = _context(study)
+    ctx = _context(study, output_dir=output_dir)
     with ctx.open_store() as store:
         result, _ = analyze_stage(ctx, store)
         path, _ = report_stage(ctx, store, result)
@@ -724,9 +852,123 @@ def export(
 
 @app.command()
 @friendly
-def status(study: StudyArg) -> None:
-    """Show what is stored for a study: runs, checkpoints, answers, judgments, spend."""
+def plan(
+    study: StudyArg,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Workers to expect the wall time on (besides 1).")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as one JSON object (on stdout) instead.")] = False,
+    measure: Annotated[
+        bool,
+        typer.Option(
+            "--measure", help="Time a few training steps and one generation batch here for the rates not known (loads the model)."
+        ),
+    ] = False,
+) -> None:
+    """Count a study's work before running it, and expect its wall time on 1 and N workers.
+
+    Prints the runs, training steps, checkpoints, evaluated checkpoints, answers and judgments
+    per judge (with tokens and cost for API judges), what the store already holds and what is
+    left; then one worker's throughput (from executor.throughput in the spec, else measured from
+    this study's store, else with --measure) and the expected wall time on 1 and --workers
+    workers, with the assumptions it rests on. Loads the datasets, not the model (unless
+    --measure). Every number is defined in docs/cluster.md, "Planning the work".
+    """
+    import json
+
+    from traitwatch.pipeline._throughput import plan_study
+
     ctx = _context(study)
+    result = plan_study(ctx, workers=workers, measure=measure)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    _print_plan(result, ctx.spec)
+
+
+def _usd(x: float) -> str:
+    return f"{x:,.2f}" if x >= 100 else f"{x:.4f}"
+
+
+def _print_plan(result: Any, spec: Any) -> None:
+    """The plan's tables: work (total, stored, left), runs, API judges, throughput, wall time."""
+    from rich.table import Table
+
+    from traitwatch.progress import duration
+
+    w, t = result.work, result.work.totals()
+    table = Table(title=f"study {w.study}: the work (stored: in the store now; left: still to do)")
+    table.add_column("")
+    for col in ("total", "stored", "left"):
+        table.add_column(col, justify="right")
+    rows = [
+        ("runs trained", t["runs"], t["runs_trained"]),
+        ("training steps", t["steps"], t["steps_done"]),
+        ("checkpoints", t["checkpoints"], t["checkpoints_stored"]),
+        ("answers", t["answers"], t["answers_stored"]),
+        *[(f"judgments {j.name} ({j.kind})", j.judgments, j.stored) for j in w.judges],
+    ]
+    for name, total, stored in rows:
+        table.add_row(name, f"{total:,}", f"{stored:,}", f"{total - stored:,}")
+    table.add_row("evaluated checkpoints", f"{t['evaluated_checkpoints']:,}", "", "")
+    console.print(table)
+    runs = Table(title=f"per run ({w.per_checkpoint} answers per evaluated checkpoint)")
+    for col in ("run", "source", "steps done", "checkpoints stored", "evaluated", "answers stored"):
+        runs.add_column(col)
+    for r in w.runs:
+        runs.add_row(
+            r.run_id,
+            r.source,
+            f"{min(r.steps_done, r.steps)}/{r.steps}",
+            f"{r.checkpoints_stored}/{len(r.checkpoints)}",
+            str(len(r.evaluated)),
+            f"{r.answers_stored}/{r.answers}",
+        )
+    console.print(runs)
+    paid = [j for j in w.judges if j.cost_usd is not None]
+    if paid:
+        pt = Table(title="API judges: what is left (estimated) and what was spent")
+        for col in ("judge", "judgments left", "input tokens", "output tokens", "cost USD", "spent USD"):
+            pt.add_column(col, justify="right")
+        for j in paid:
+            pt.add_row(j.name, f"{j.left:,}", f"{j.input_tokens:,}", f"{j.output_tokens:,}", _usd(j.cost_usd), _usd(j.spent_usd))
+        console.print(pt)
+        cap, need = spec.budget.max_usd, sum(j.cost_usd + j.spent_usd for j in paid)
+        if cap is not None and need > cap:
+            console.print(f"note: spent plus estimated cost (${_usd(need)}) passes budget.max_usd (${_usd(cap)})", markup=False)
+    rt = Table(title="one worker's throughput")
+    for col in ("stage", "per second", "of", "from"):
+        rt.add_column(col)
+    for stage, r in result.rates.items():
+        rt.add_row(stage, "unknown" if r.per_s is None else f"{r.per_s:.3g}", r.unit, r.how if r.per_s is None else f"{r.source}: {r.how}")
+    console.print(rt)
+    wt = Table(title="expected wall time of what is left")
+    wt.add_column("stage")
+    for n in result.wall:
+        wt.add_column(f"{n} worker{'s' * (n != 1)}", justify="right")
+    for stage in next(iter(result.wall.values())):
+        wt.add_row(stage, *["unknown" if s[stage] is None else duration(s[stage]) for s in result.wall.values()])
+    console.print(wt)
+    if any(s["total"] is None for s in result.wall.values()):
+        one = next(iter(result.wall.values()))
+        keys = sorted({result.rates[stage].key for stage, v in one.items() if v is None and stage != "total"})
+        measure = any(k != "api_judgments_per_s" for k in keys)
+        console.print(
+            f"wall time: unknown; give executor.throughput: {{{', '.join(f'{k}: ...' for k in keys)}}} in the spec (per second, "
+            "one worker)" + (", or run `traitwatch plan --measure` here (loads the model; API judges are not measured)" if measure else ""),
+            markup=False,
+            soft_wrap=True,
+        )
+    from traitwatch.pipeline._throughput import ASSUMPTIONS
+
+    console.print("assumptions for N workers:\n" + "\n".join(f"  - {a}" for a in ASSUMPTIONS), markup=False)
+    for note in w.notes:
+        console.print(f"note: {note}", markup=False, soft_wrap=True)
+
+
+@app.command()
+@friendly
+def status(study: StudyArg, output_dir: OutputDirOpt = None) -> None:
+    """Show what is stored for a study: runs, checkpoints, answers, judgments, spend."""
+    ctx = _context(study, output_dir=output_dir)
     with ctx.open_store(readonly=True) as store:
         for r in store.runs():
             cks = store.checkpoints(r["run_id"])

@@ -28,6 +28,7 @@ import yaml
 from traitwatch.config import StudySpec, load_study, parse_study
 from traitwatch.errors import StoreError
 from traitwatch.pipeline import STAGES, StageResult, StudyContext, StudyPaths, analyze, run_stages
+from traitwatch.pipeline._context import with_output_dir
 from traitwatch.store import StudyLock
 
 if TYPE_CHECKING:
@@ -43,15 +44,24 @@ SCORE_COLUMNS = ("run", "domain", "level", "seed", "step", "trait", "suite", "qu
 class Study:
     """One study: its spec, its output folder, and what is stored there."""
 
-    def __init__(self, spec: StudySpec) -> None:
-        self._ctx = StudyContext(spec)
+    def __init__(self, spec: StudySpec, *, runs: Sequence[str] | None = None) -> None:
+        self._ctx = StudyContext(spec, runs=runs)
         self._analysis: StudyAnalysis | None = None
 
     # -- constructors ------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path) -> Study:
-        """A study from its YAML spec (validated; errors name the file and line)."""
-        return cls(load_study(path))
+    def load(cls, path: str | Path, *, runs: Sequence[str] | None = None, output_dir: str | Path | None = None) -> Study:
+        """A study from its YAML spec (validated; errors name the file and line).
+
+        ``runs``: fnmatch globs on run ids (``["arith-strong-*"]``); ``run`` then trains,
+        generates and judges only those runs (each glob must match a planned run).
+        ``output_dir``: write the study there instead of the spec's ``output_dir`` (with the
+        store). Together: one job of a study split over machines; ``traitwatch merge`` joins them.
+        """
+        spec = load_study(path)
+        if output_dir is not None:
+            spec = with_output_dir(spec, Path(output_dir))
+        return cls(spec, runs=runs)
 
     @classmethod
     def open(cls, path: str | Path) -> Study:

@@ -314,6 +314,7 @@ def resolve_paths(spec: StudySpec, base: Path) -> StudySpec:
     spec = spec.model_copy(deep=True)
     spec.output_dir = _resolve(base, spec.output_dir) or (base / "runs" / spec.name)
     spec.judge_cache = _resolve(base, spec.judge_cache)
+    spec.store = _resolve(base, spec.store)
     if spec.monitor is not None:
         spec.monitor.alarm_file = _resolve(base, spec.monitor.alarm_file) or (spec.output_dir / "alarms.jsonl")
     if spec.model.path is not None:

@@ -376,6 +376,39 @@ class BudgetSpec(_Strict):
     )
 
 
+class ExecutorSpec(_Strict):
+    """Where the study's work runs: this process (``local``) or a Ray cluster (``ray``)."""
+
+    kind: Literal["local", "ray"] = Field(default="local", description="local: this process, one stage after another; ray: Ray tasks.")
+    address: str | None = Field(
+        default=None,
+        description="Ray cluster to join: auto (a cluster started with `ray start`) or ray://host:10001; null starts a local Ray instance.",
+    )
+    workers: Annotated[int, Field(gt=0)] | None = Field(
+        default=None, description="A local Ray instance's worker slots (CPUs given to Ray); default: the machine's CPU count."
+    )
+    num_gpus: Annotated[float, Field(ge=0)] = Field(default=0, description="GPUs each training and generation task requests.")
+    num_cpus: Annotated[float, Field(gt=0)] = Field(
+        default=1, description="CPUs each task requests; a task's torch uses this many threads (rounded up)."
+    )
+    block: Annotated[int, Field(gt=0)] = Field(
+        default=16, description="Checkpoints per generation task (one task answers every question for a block of checkpoints)."
+    )
+    max_retries: Annotated[int, Field(ge=0)] = Field(
+        default=3, description="Times Ray reruns a task whose worker died (node lost, process killed)."
+    )
+    throughput: dict[
+        Literal["train_steps_per_s", "answers_per_s", "judgments_per_s", "api_judgments_per_s"], Annotated[float, Field(gt=0)]
+    ] = Field(
+        default_factory=dict,
+        description=(
+            "One worker's throughput, for the wall time `traitwatch plan` expects (docs/cluster.md): train_steps_per_s, "
+            "answers_per_s, judgments_per_s (each local judge), api_judgments_per_s (each API judge, whatever the number "
+            "of workers). A rate left out is measured from the store, or with `traitwatch plan --measure`."
+        ),
+    )
+
+
 Action = Literal["log", "file", "webhook", "stop"]
 
 
@@ -425,6 +458,14 @@ class MonitorSpec(_Strict):
     probes: ProbeSpec = Field(default_factory=ProbeSpec, description="The questions asked live.")
     judges: list[str] | None = Field(default=None, description="Judges used live (default: those the alarm rules name, else all).")
     every: Annotated[int, Field(gt=0)] = Field(default=1, description="Evaluate every Nth checkpoint live (step 0 always).")
+    max_overhead: Annotated[float, Field(gt=0)] | None = Field(
+        default=None,
+        description=(
+            "Where the monitor shares the training process (traitwatch run, TraitwatchCallback): the most live "
+            "evaluation may cost, as a fraction of training time (0.1: 10%). A due checkpoint is skipped when "
+            "evaluating it would go over; null: no limit."
+        ),
+    )
     alarms: Annotated[list[AlarmRule], Field(min_length=1)] = Field(description="Alarm rules; any of them firing raises an alarm.")
     actions: list[Action] = Field(
         default_factory=_default_actions,
@@ -482,6 +523,14 @@ class StudySpec(_Strict):
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec, description="Judge calibration gate.")
     monitor: MonitorSpec | None = Field(
         default=None, description="Live monitoring: probe evaluation at each checkpoint while training runs, alarms and early stop."
+    )
+    executor: ExecutorSpec = Field(default_factory=ExecutorSpec, description="Where the work runs: this process or a Ray cluster.")
+    store: Path | None = Field(
+        default=None,
+        description=(
+            "The study's SQLite store (default: <output_dir>/study.sqlite). On a cluster, a path on the driver's "
+            "local disk while output_dir is on the shared filesystem (SQLite's WAL mode needs a local disk)."
+        ),
     )
     judge_cache: Path | None = Field(
         default=None,

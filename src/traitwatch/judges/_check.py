@@ -46,6 +46,7 @@ class Checker:
     identity = "check:v1"
     batch_size = 2000  # pure Python, microseconds per request
     flush_every = 256
+    runs_model = False
 
     def __init__(self, name: str) -> None:
         self.name = name

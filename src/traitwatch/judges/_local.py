@@ -209,6 +209,7 @@ class LocalJudge:
     """
 
     flush_every = 256
+    runs_model = True
 
     def __init__(
         self,

@@ -179,6 +179,7 @@ class OpenAIJudge:
         self.identity = f"openai:{self.base_url}:{model}:{scale}:top20-v1:digits-{digit_split}" + min_mass_tag(min_mass, ":")
         self.batch_size = max_concurrency * 8  # requests per judge() call: keeps every slot busy
         self.flush_every = 1  # a paid answer is stored the moment it arrives
+        self.runs_model = False  # requests go to the API from the driver: one rate limiter, one budget
         self.stats = {"requests": 0, "retries": 0}
 
     # -- Judge protocol ---------------------------------------------------------------------
@@ -200,10 +201,15 @@ class OpenAIJudge:
         """Fail fast (before any work) when the key is missing or unreadable."""
         read_api_key(self.api_key_env, self.api_key_file)
 
+    def estimate_tokens(self, request: JudgeRequest) -> tuple[float, float]:
+        """(input, output) tokens of one request, upper-ish: 3.5 characters per token plus the
+        chat wrapping, and the one output token (a digit-split re-ask is not counted)."""
+        return len(self._prompt(request)) / 3.5 + 12, 1.0
+
     def estimate_cost(self, request: JudgeRequest) -> float:
-        """Upper-ish estimate: ~4 characters per token, plus the one output token."""
-        tokens_in = len(self._prompt(request)) / 3.5 + 12
-        return tokens_in * self.price_in / 1e6 + 1 * self.price_out / 1e6
+        """USD of :meth:`estimate_tokens` at the judge's prices."""
+        tokens_in, tokens_out = self.estimate_tokens(request)
+        return tokens_in * self.price_in / 1e6 + tokens_out * self.price_out / 1e6
 
     def judge(self, requests: Sequence[JudgeRequest], on_result: OnResult | None = None) -> list[Judgment | None]:
         """Send the requests concurrently; blocks until all are answered.

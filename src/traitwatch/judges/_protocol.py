@@ -73,12 +73,16 @@ class Judge(Protocol):
         batch_size: how many requests the caller should hand to one ``judge`` call.
         flush_every: store results after this many arrive (1 for paid judges: a paid answer
             is stored the moment it arrives).
+        runs_model: whether judging runs a model in this process (a local LLM judge). The Ray
+            executor sends such a judge's batches to workers; checkers (cheap) and API judges
+            (one rate limiter and spending cap for the study) stay in the driver.
     """
 
     name: str
     weak: bool
     batch_size: int
     flush_every: int
+    runs_model: bool
 
     @property
     def identity(self) -> str: ...

@@ -9,7 +9,9 @@ another worker, and nothing but the context is shared between them. The expensiv
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,20 @@ from traitwatch.models import LoadedModel, load_model
 from traitwatch.progress import console
 from traitwatch.store import Store
 
-from ._plan import Suites, generation_settings_hash, load_suites, settings_meta_key
+from ._plan import Suites, check_run_globs, generation_settings_hash, load_suites, settings_meta_key
+
+
+def with_output_dir(spec: StudySpec, out: Path) -> StudySpec:
+    """The spec writing to ``out`` instead of its ``output_dir`` (``--output-dir``: each job of a
+    Slurm array its own study folder). Everything the study writes moves along: the store (a
+    ``store`` elsewhere would be shared by the jobs) and the default alarm file."""
+    assert spec.output_dir is not None, "the loader sets output_dir"
+    out = out.expanduser().resolve()
+    moved = spec.model_copy(deep=True)
+    moved.output_dir, moved.store = out, None
+    if moved.monitor is not None and moved.monitor.alarm_file == spec.output_dir / "alarms.jsonl":
+        moved.monitor.alarm_file = out / "alarms.jsonl"
+    return moved
 
 
 @dataclass(frozen=True)
@@ -26,10 +41,11 @@ class StudyPaths:
     """Where a study keeps its files, all under ``out`` (the spec's ``output_dir``)."""
 
     out: Path
+    store_file: Path | None = None  # the spec's ``store`` when it moves the store off output_dir
 
     @property
     def store(self) -> Path:
-        return self.out / "study.sqlite"
+        return self.store_file or self.out / "study.sqlite"
 
     @property
     def analysis(self) -> Path:
@@ -56,11 +72,15 @@ class StageResult:
 class StudyContext:
     """The validated spec, its paths, and lazily loaded shared resources."""
 
-    def __init__(self, spec: StudySpec) -> None:
+    def __init__(self, spec: StudySpec, *, runs: Sequence[str] | None = None) -> None:
+        """``runs``: fnmatch globs on run ids (``--runs``); train, generate and judge do only the
+        work of matching runs (None or empty: every run). Each glob must match a planned run."""
         assert spec.output_dir is not None, "the loader sets output_dir"
         self.spec = spec
-        self.paths = StudyPaths(spec.output_dir)
+        self.runs = check_run_globs(spec, runs)
+        self.paths = StudyPaths(spec.output_dir, spec.store)
         self._base: LoadedModel | None = None
+        self._identity: str | None = None
         self._suites: Suites | None = None
 
     @property
@@ -72,6 +92,23 @@ class StudyContext:
             self._base = load_model(self.spec.model)
             console.print(f"model ready in {time.time() - t:.1f}s ({self._base.device})")
         return self._base
+
+    @property
+    def identity(self) -> str:
+        """The base model's identity (part of every run fingerprint and answer key): the loaded
+        model's, or the one a worker reported (:meth:`use_identity`), so a driver that only
+        coordinates need not load the model."""
+        if self._identity is None:
+            self._identity = self.base.identity
+        return self._identity
+
+    def use_identity(self, identity: str) -> None:
+        """Take the base model's identity from where the model runs (a Ray worker)."""
+        self._identity = identity
+
+    def wants(self, run_id: str) -> bool:
+        """Whether this context's work includes run ``run_id`` (see ``runs``)."""
+        return self.runs is None or any(fnmatchcase(run_id, g) for g in self.runs)
 
     @property
     def suites(self) -> Suites:
@@ -89,7 +126,7 @@ class StudyContext:
             known = store.get_meta(settings_meta_key(self.spec))
             if known is not None:
                 return known
-        value = generation_settings_hash(self.spec, (model or self.base).identity)
+        value = generation_settings_hash(self.spec, model.identity if model is not None else self.identity)
         if store is not None and not store.readonly:
             store.set_meta(settings_meta_key(self.spec), value)
         return value

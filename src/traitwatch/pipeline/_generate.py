@@ -17,8 +17,7 @@ from traitwatch.generate import Answer, GenerationRequest, Generator, hf_generat
 from traitwatch.models import LoadedModel
 from traitwatch.progress import console, stage_progress
 from traitwatch.store import GenerationRow, Store, content_key
-from traitwatch.train import verify
-from traitwatch.train._checkpoints import ADAPTER_FILE, file_sha256
+from traitwatch.train import ADAPTER_FILE, file_sha256, verify
 
 from ._context import StageResult, StudyContext
 from ._layout import EXTERNAL_SOURCES
@@ -35,13 +34,16 @@ def generation_requests(ctx: StudyContext, store: Store, gone: list[str] | None 
     import, hf-trainer or watch: ``traitwatch import``, ``TraitwatchCallback``, ``traitwatch
     watch``), each with its stored fingerprint. Other stored runs (a plan changed since) are left out,
     and so are checkpoints of runs trained elsewhere whose adapter file is gone (a trainer's
-    ``save_total_limit`` deletes old ones); their paths are appended to ``gone``.
+    ``save_total_limit`` deletes old ones); their paths are appended to ``gone``. With ``--runs``
+    (``ctx.runs``), only the runs it matches.
     """
     settings = ctx.settings_hash(store)
     gen = ctx.spec.generation
     out = []
-    planned = {p.run_id: p.fingerprint for p in plan_runs(ctx.spec, ctx.base.identity)}
+    planned = {p.run_id: p.fingerprint for p in plan_runs(ctx.spec, ctx.identity)}
     for run in store.runs():
+        if not ctx.wants(run["run_id"]):
+            continue
         fingerprint = planned.get(run["run_id"])
         external = fingerprint is None
         if fingerprint is None:
@@ -71,6 +73,24 @@ def generation_requests(ctx: StudyContext, store: Store, gone: list[str] | None 
                         where["adapter_sha"] = ck.adapter_sha
                         out.append((GenerationRequest(key, ck.path, q.text, sample, probes), where))
     return out
+
+
+def answer_row(req: GenerationRequest, where: Placement, answer: Answer, settings: str) -> GenerationRow:
+    """The store row of a generated answer (the same for a local run and a Ray worker's)."""
+    return GenerationRow(
+        gen_key=answer.key,
+        run_id=where["run_id"],
+        step=where["step"],
+        suite=where["suite"],
+        question_id=where["question_id"],
+        sample=req.sample,
+        question=req.prompt,
+        answer=answer.text,
+        n_tokens=answer.n_tokens,
+        finish=answer.finish,
+        probes=answer.probes,
+        settings_hash=settings,
+    )
 
 
 def check_adapter(folder: Path, sha: str) -> None:
@@ -134,25 +154,7 @@ def generate(ctx: StudyContext, store: Store) -> StageResult:
     with stage_progress("generate", len(todo)) as bar:
 
         def on_batch(answers: list[Answer]) -> None:
-            rows = []
-            for a in answers:
-                req, m = index[a.key]
-                rows.append(
-                    GenerationRow(
-                        gen_key=a.key,
-                        run_id=m["run_id"],
-                        step=m["step"],
-                        suite=m["suite"],
-                        question_id=m["question_id"],
-                        sample=req.sample,
-                        question=req.prompt,
-                        answer=a.text,
-                        n_tokens=a.n_tokens,
-                        finish=a.finish,
-                        probes=a.probes,
-                        settings_hash=settings,
-                    )
-                )
+            rows = [answer_row(*index[a.key], a, settings) for a in answers]
             store.add_generations(rows)
             bar.advance(len(answers))
 

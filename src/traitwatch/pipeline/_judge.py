@@ -26,6 +26,9 @@ from ._plan import evaluated_steps
 Link = tuple[str, str, str, str]
 #: (gen_key, trait, judgment_key, request) still to link.
 Work = tuple[str, str, str, JudgeRequest]
+#: Sends (judgment_key, request) pairs and stores the judgments with their links: ``_send`` here,
+#: or the Ray executor's, which scores a model-running judge's batches on workers.
+Send = Callable[[Judge, list[tuple[str, JudgeRequest]], dict[str, list[Link]], Store, Budget, Callable[[int], None]], tuple[int, list[str]]]
 
 
 def make_judge(ctx: StudyContext, name: str, budget: Budget) -> Judge:
@@ -58,13 +61,14 @@ def judgment_row(judge: Judge, key: str, req: JudgeRequest, res: Judgment) -> Ju
 
 
 def judge_work(ctx: StudyContext, store: Store, judge: Judge, jspec: JudgeSpec) -> tuple[list[Work], int]:
-    """(gen_key, trait, judgment_key, request) still to link for this judge, and how many are linked."""
+    """(gen_key, trait, judgment_key, request) still to link for this judge, and how many are linked
+    (answers of the runs ``ctx.runs`` matches: ``--runs``)."""
     suites = {s.name: s for s in ctx.suites.suites}
     questions = {(s.name, q.id): q for s in ctx.suites.suites for q in s.questions}
     linked = store.linked(judge.name)
     work: list[Work] = []
     done = 0
-    gens = store.generations(settings_hash=ctx.settings_hash(store))
+    gens = [g for g in store.generations(settings_hash=ctx.settings_hash(store)) if ctx.wants(g.run_id)]
     steps_by_run: dict[str, set[int]] = {}
     for g in gens:
         steps_by_run.setdefault(g.run_id, set()).add(g.step)
@@ -131,9 +135,15 @@ def _send(
     return made, failures
 
 
-def judge_one(ctx: StudyContext, store: Store, jspec: JudgeSpec, budget: Budget, *, dry_run: bool = False) -> dict[str, Any]:
-    """Link every answer to this judge's judgment, sending only requests not stored anywhere."""
+def judge_one(
+    ctx: StudyContext, store: Store, jspec: JudgeSpec, budget: Budget, *, dry_run: bool = False, remote: Send | None = None
+) -> dict[str, Any]:
+    """Link every answer to this judge's judgment, sending only requests not stored anywhere.
+
+    ``remote``: how to send a judge that runs a model (``runs_model``), e.g. to Ray workers.
+    """
     judge = make_judge(ctx, jspec.name, budget)
+    send: Send = remote if remote is not None and judge.runs_model else _send
     work, done = judge_work(ctx, store, judge, jspec)
     keys = sorted({k for _, _, k, _ in work})
     stored = store.existing("judgments", "judgment_key", keys)
@@ -157,7 +167,7 @@ def judge_one(ctx: StudyContext, store: Store, jspec: JudgeSpec, budget: Budget,
                 links.setdefault(k, []).append((g, judge.name, t, k))
         todo = list(fresh.items())
         with stage_progress(f"judge {judge.name}", len(todo)) as bar:
-            made, failures = _send(judge, todo, links, store, budget, bar.advance)
+            made, failures = send(judge, todo, links, store, budget, bar.advance)
         if cache is not None:
             cache.copy_judgments([k for k in keys if k not in stored], store)
     finally:
@@ -172,11 +182,13 @@ def judge_one(ctx: StudyContext, store: Store, jspec: JudgeSpec, budget: Budget,
     return {"new": made, "reused": len(reuse), "already": done, "links": len(work)}
 
 
-def judge(ctx: StudyContext, store: Store, *, dry_run: bool = False, only: str | None = None) -> StageResult:
+def judge(ctx: StudyContext, store: Store, *, dry_run: bool = False, only: str | None = None, remote: Send | None = None) -> StageResult:
     """Score every stored answer with the study's judges (or only the one named ``only``)."""
     t0 = time.time()
     budget = study_budget(ctx, store)
     if ctx.spec.calibration.min_accuracy > 0 and not dry_run:
         gate(ctx, calibrate(ctx, store, only=only, budget=budget))
-    counts = {j.name: judge_one(ctx, store, j, budget, dry_run=dry_run) for j in ctx.spec.judges if only is None or j.name == only}
+    counts = {
+        j.name: judge_one(ctx, store, j, budget, dry_run=dry_run, remote=remote) for j in ctx.spec.judges if only is None or j.name == only
+    }
     return StageResult("judge", time.time() - t0, counts)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 
 from traitwatch.config import StudySpec
 from traitwatch.data import Suite, TraitDef, load_level, load_suite
@@ -23,6 +25,29 @@ GENERATION_VERSION = "gen-v1"
 
 def run_id(domain: str, level: str, seed: int) -> str:
     return f"{domain}-{level}-s{seed}"
+
+
+def planned_run_ids(spec: StudySpec) -> list[str]:
+    """The ids of the study's planned runs, from the spec alone (no data, no model)."""
+    return [run_id(ds.domain, level, seed) for ds in spec.datasets for level in spec.levels for seed in spec.seeds]
+
+
+def check_run_globs(spec: StudySpec, globs: Sequence[str] | None) -> tuple[str, ...] | None:
+    """The ``--runs`` globs (fnmatch, on run ids), each checked to match a planned run.
+
+    Why checked up front: a glob with a typo would otherwise select nothing, and a job of a
+    Slurm array would finish at once, "successfully", having done none of its work.
+    """
+    if not globs:
+        return None
+    ids = planned_run_ids(spec)
+    for g in globs:
+        if not any(fnmatchcase(i, g) for i in ids):
+            there = ", ".join(ids) if ids else "none (the spec has no datasets)"
+            raise ConfigError(
+                f"'{g}' matches no run of the study; its runs are: {there}", where="runs", fix="use a run id or a glob of them"
+            )
+    return tuple(globs)
 
 
 def plan_runs(spec: StudySpec, model_identity: str) -> list[RunPlan]:

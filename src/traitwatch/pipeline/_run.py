@@ -48,8 +48,22 @@ def run_stages(
     report_path: Path | None = None
     analysis: StudyAnalysis | None = None
     with ctx.open_store() as store:
+        distributed: dict[str, StageResult] = {}
+        if ctx.spec.executor.kind == "ray":  # train, generate and judge on Ray; the rest here
+            from ._ray import ray_stages
+
+            if callbacks and "train" in names:
+                raise ConfigError(
+                    "training callbacks run in the training process, which executor ray does not offer",
+                    where="executor.kind",
+                    fix="train locally to use callbacks, or follow the runs with `traitwatch watch`",
+                )
+
+            distributed = ray_stages(ctx, store, names)
         for stage in names:
-            if stage == "train":
+            if stage in distributed:
+                res = distributed[stage]
+            elif stage == "train":
                 res = train(ctx, store, callbacks=callbacks)
             elif stage == "generate":
                 res = generate(ctx, store)
