@@ -169,6 +169,24 @@ class JudgmentRow:
     cost_usd: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class CheckpointAnswers:
+    """One checkpoint's answers (of one generation settings hash) with the judgments linked to them.
+
+    ``generations`` are ordered by suite, question_id, sample; ``judgments`` maps a gen_key to
+    its ``(judge, trait, judgment)`` links, ordered by judge and trait (an answer nobody judged
+    yet has no entry). ``first_created`` / ``last_created``: when the first and the last of
+    these answers were stored (Unix seconds).
+    """
+
+    run_id: str
+    step: int
+    generations: list[GenerationRow]
+    judgments: dict[str, list[tuple[str, str, JudgmentRow]]]
+    first_created: float
+    last_created: float
+
+
 _R = TypeVar("_R")
 
 
@@ -456,6 +474,49 @@ class Store:
             args.append(run_id)
         sql += " ORDER BY run_id, step, suite, question_id, sample"
         return [_GENERATIONS.decode(r) for r in self.conn.execute(sql, args)]
+
+    def answer_checkpoints(self, *, settings_hash: str) -> list[tuple[str, int, int]]:
+        """(run_id, step, number of answers) of every checkpoint with answers of these generation
+        settings, in (run_id, step) order: what :meth:`checkpoint_answers` can read, and how much."""
+        rows = self.conn.execute(
+            "SELECT run_id, step, COUNT(*) AS n FROM generations WHERE settings_hash=? GROUP BY run_id, step ORDER BY run_id, step",
+            (settings_hash,),
+        )
+        return [(r["run_id"], r["step"], r["n"]) for r in rows]
+
+    def checkpoint_answers(self, run_id: str, step: int, *, settings_hash: str) -> CheckpointAnswers | None:
+        """One checkpoint's answers of these generation settings with the judgments linked to
+        them (None when it has none).
+
+        Why one checkpoint at a time: an export of a paper-scale store (over a million answers,
+        several judgments each) must not hold every row at once. A caller walks
+        :meth:`answer_checkpoints` and reads each here (two indexed queries), holding one
+        checkpoint's rows.
+        """
+        where = " WHERE g.run_id=? AND g.step=? AND g.settings_hash=?"
+        args = (run_id, step, settings_hash)
+        gen_sql = f"SELECT {', '.join(f'g.{c} AS {c}' for c in _GENERATIONS.columns)} FROM generations g{where}"
+        rows = self.conn.execute(gen_sql + " ORDER BY g.suite, g.question_id, g.sample", args).fetchall()
+        if not rows:
+            return None
+        link_sql = (
+            "SELECT s.gen_key AS link_gen_key, s.judge AS link_judge, s.trait AS link_trait, "
+            + ", ".join(f"j.{c} AS {c}" for c in _JUDGMENTS.fields)
+            + f" FROM generations g JOIN scores s ON s.gen_key=g.gen_key JOIN judgments j ON j.judgment_key=s.judgment_key{where}"
+            " ORDER BY s.gen_key, s.judge, s.trait"
+        )
+        judged: dict[str, list[tuple[str, str, JudgmentRow]]] = {}
+        for r in self.conn.execute(link_sql, args):
+            judged.setdefault(r["link_gen_key"], []).append((r["link_judge"], r["link_trait"], _JUDGMENTS.decode(r)))
+        created = [float(r["created_at"]) for r in rows]
+        return CheckpointAnswers(
+            run_id=run_id,
+            step=step,
+            generations=[_GENERATIONS.decode(r) for r in rows],
+            judgments=judged,
+            first_created=min(created),
+            last_created=max(created),
+        )
 
     # -- judgments --------------------------------------------------------------------------
     def linked(self, judge: str) -> dict[tuple[str, str], str]:
