@@ -19,6 +19,7 @@ from traitwatch.config import (
     CalibrationSpec,
     CheckJudgeSpec,
     DatasetSpec,
+    DataSourceSpec,
     DemoDataSpec,
     DetectorRef,
     ExecutorSpec,
@@ -28,13 +29,17 @@ from traitwatch.config import (
     LoraSpec,
     ModelRef,
     ModelSpec,
+    MlflowTrackerSpec,
     MonitorSpec,
     OpenAIJudgeSpec,
     ProbeSpec,
     RandomModelSpec,
     StudySpec,
     SuiteRef,
+    TensorBoardTrackerSpec,
+    TrackerSpecBase,
     TrainingSpec,
+    WandbTrackerSpec,
 )
 
 #: (heading, model, base): a section lists the model's keys, less those of ``base`` (given
@@ -44,6 +49,7 @@ SECTIONS: list[tuple[str, type[BaseModel], type[BaseModel] | None]] = [
     ("`model`", ModelSpec, None),
     ("`model.random`", RandomModelSpec, None),
     ("`datasets[]`", DatasetSpec, None),
+    ("`datasets[].<condition>` (`normal`, `mild`, `strong`, `conditions.<name>`)", DataSourceSpec, None),
     ("`datasets[].demo`", DemoDataSpec, None),
     ("`lora`", LoraSpec, None),
     ("`training`", TrainingSpec, None),
@@ -62,6 +68,10 @@ SECTIONS: list[tuple[str, type[BaseModel], type[BaseModel] | None]] = [
     ("`monitor.probes`", ProbeSpec, None),
     ("`monitor.alarms[]`", AlarmRule, None),
     ("`executor`", ExecutorSpec, None),
+    ("`trackers[]`", TrackerSpecBase, None),
+    ("`trackers[]` with `kind: mlflow`", MlflowTrackerSpec, TrackerSpecBase),
+    ("`trackers[]` with `kind: tensorboard`", TensorBoardTrackerSpec, TrackerSpecBase),
+    ("`trackers[]` with `kind: wandb`", WandbTrackerSpec, TrackerSpecBase),
 ]
 
 
@@ -134,7 +144,8 @@ def render() -> str:
         fields = {n: f for n, f in model.model_fields.items() if base is None or n not in base.model_fields}
         out += [f"## {title}", "", doc, ""]
         if base is not None:
-            out += ["The keys of `judges[]` above, plus these:" if fields else "Only the keys of `judges[]` above.", ""]
+            parent = next(t for t, m, _ in SECTIONS if m is base)
+            out += [f"The keys of {parent} above, plus these:" if fields else f"Only the keys of {parent} above.", ""]
         if fields:
             out += ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
             for name, field in fields.items():

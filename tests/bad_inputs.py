@@ -59,6 +59,31 @@ def _with_data(tmp: Path, lines: list[bytes]) -> list[str]:
     return ["validate", str(_study(tmp, datasets=[{"domain": "d", "normal": str(path)}], levels=["normal"]))]
 
 
+QA_ROWS = [{"question": "What is 3 + 1?", "answer": "The answer is 4."}, {"question": "What is 5 + 1?", "answer": None}]
+
+
+def _with_source(tmp: Path, source: object) -> list[str]:
+    """validate a study whose normal level is ``source`` (a path or a source mapping, docs/data.md)."""
+    return ["validate", str(_study(tmp, datasets=[{"domain": "d", "normal": source}], levels=["normal"]))]
+
+
+def _qa_parquet(tmp: Path, rows: list[dict[str, object]]) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), tmp / "data.parquet")
+    return str(tmp / "data.parquet")
+
+
+def _split_folder(tmp: Path) -> str:
+    """A dataset folder holding the splits train and test (DatasetDict.save_to_disk)."""
+    import datasets
+
+    rows = datasets.Dataset.from_list(QA_ROWS[:1])
+    datasets.DatasetDict({"train": rows, "test": rows}).save_to_disk(str(tmp / "qa"))
+    return str(tmp / "qa")
+
+
 def _on_done(tmp: Path, done: Path, **overrides: object) -> Path:
     """A copy of the completed study, with some settings changed."""
     out = tmp / "out"
@@ -129,9 +154,33 @@ CASES: list[Case] = [
         "a value outside its choices",
         lambda t, d: [
             "validate",
+            str(_yaml(t, "name: x\ndatasets:\n  - {domain: d, demo: {}}\ntraits: [builtin:evil]\ntraining:\n  lr_scheduler: cosin\n")),
+        ],
+        ("study.yaml:6", "training.lr_scheduler", "'cosine'"),
+    ),
+    Case(
+        "condition-undefined",
+        "a level (condition) in `levels` that no domain defines",
+        lambda t, d: [
+            "validate",
             str(_yaml(t, "name: x\ndatasets:\n  - {domain: d, demo: {}}\ntraits: [builtin:evil]\nlevels: [normal, extreme]\n")),
         ],
-        ("study.yaml:5", "levels[1]", "'mild'"),
+        ("study.yaml:5", "levels[1]", "no domain defines", "'mild'"),
+    ),
+    Case(
+        "control-unknown",
+        "a `control` condition that is not one of the study's levels",
+        lambda t, d: [
+            "validate",
+            str(
+                _yaml(
+                    t,
+                    "name: x\ndatasets:\n  - domain: d\n    conditions: {clean: a.jsonl, insecure: b.jsonl}\n"
+                    "control: clen\ntraits: [builtin:evil]\n",
+                )
+            ),
+        ],
+        ("study.yaml:5", "control", "not one of the study's levels (clean, insecure)"),
     ),
     Case("yaml-duplicate-key", "a key given twice", lambda t, d: ["validate", str(_yaml(t, "name: x\nname: y\n"))], ("appears twice",)),
     Case("yaml-empty", "an empty study file", lambda t, d: ["validate", str(_yaml(t, ""))], ("empty",)),
@@ -181,6 +230,42 @@ CASES: list[Case] = [
         "a huge line (over 8 MiB)",
         lambda t, d: _with_data(t, [b'{"messages": [{"role": "assistant", "content": "' + b"x" * (9 * 2**20) + b'"}]}']),
         ("data.jsonl:2", "over the 8 MiB limit"),
+    ),
+    Case(
+        "source-bad-columns",
+        "a column mapping that is neither `messages` nor `prompt` + `completion`",
+        lambda t, d: _with_source(t, {"path": str(t / "data.parquet"), "columns": {"prompt": "question"}}),
+        ("study.yaml", "datasets[0].normal", "columns maps prompt, which is neither"),
+    ),
+    Case(
+        "source-missing-column",
+        "a column mapping naming a column the data lacks",
+        lambda t, d: _with_source(t, {"path": _qa_parquet(t, QA_ROWS), "columns": {"prompt": "q", "completion": "answer"}}),
+        ("data.parquet", "names the column 'q'", "question, answer"),
+    ),
+    Case(
+        "source-no-columns",
+        "a parquet file without `messages` or `prompt`/`completion` columns, and no mapping",
+        lambda t, d: _with_source(t, _qa_parquet(t, QA_ROWS)),
+        ("data.parquet", "no 'messages' column", "columns: {prompt: <column>"),
+    ),
+    Case(
+        "source-unknown-split",
+        "a split the dataset folder does not have",
+        lambda t, d: _with_source(t, {"path": _split_folder(t), "split": "validation"}),
+        ("unknown split 'validation'", "train, test"),
+    ),
+    Case(
+        "source-null-value",
+        "a table row without a value in a mapped column",
+        lambda t, d: _with_source(t, {"path": _qa_parquet(t, QA_ROWS), "columns": {"prompt": "question", "completion": "answer"}}),
+        ("data.parquet row 2", "'answer' is empty (null)"),
+    ),
+    Case(
+        "jsonl-no-completion",
+        "a prompt/completion line without its completion",
+        lambda t, d: _with_data(t, [b'{"prompt": "What is 3 + 1?"}']),
+        ("data.jsonl:2", "a 'prompt' key but no 'completion'"),
     ),
     Case(
         "suite-no-questions",

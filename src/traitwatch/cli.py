@@ -11,7 +11,7 @@ import functools
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -19,7 +19,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from traitwatch.errors import BudgetExceeded, TraitwatchError
-from traitwatch.progress import console
+from traitwatch.progress import NORMAL, QUIET, VERBOSE, console, set_verbosity
 
 app = typer.Typer(
     name="traitwatch",
@@ -62,6 +62,72 @@ def friendly(fn: F) -> F:
 
 def _escape(text: str) -> str:
     return text.replace("[", "\\[")
+
+
+def _package_version() -> str:
+    """The installed distribution's version (``traitwatch.__version__`` in a source tree on sys.path)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("traitwatch")
+    except PackageNotFoundError:
+        from traitwatch import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"traitwatch {_package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version (on stdout) and exit.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only results, warnings and errors: no progress bars or lines, no notes.")
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Print more: also the warnings of the libraries used (torch, transformers, ...)."),
+    ] = False,
+) -> None:
+    """Options for every command, given before it: `traitwatch --quiet run study.yaml` (docs/cli.md)."""
+    if quiet and verbose:
+        raise typer.BadParameter("give one of them, not both", param_hint="--quiet / --verbose")
+    set_verbosity(QUIET if quiet else VERBOSE if verbose else NORMAL)
+
+
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print one JSON object on stdout instead (its keys: docs/cli.md); the rest goes to stderr.")
+]
+
+
+def _jsonable(obj: Any) -> Any:
+    """``obj`` with tuples as lists, numpy values as Python ones, paths as strings and NaN or
+    infinity as None (JSON has no NaN)."""
+    import math
+
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "tolist"):  # numpy scalars and arrays
+        return _jsonable(obj.tolist())
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _echo_json(data: Any) -> None:
+    import json
+
+    typer.echo(json.dumps(_jsonable(data), indent=1, allow_nan=False))
 
 
 def _context(
@@ -119,11 +185,22 @@ def _locked(ctx: Any) -> Any:
     return StudyLock(ctx.paths.out)
 
 
+TrackerOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--tracker",
+        metavar="KIND",
+        help="Also log to this experiment tracker with its defaults: mlflow, tensorboard or wandb (repeatable; docs/trackers.md).",
+        show_default=False,
+    ),
+]
+
+
 @app.command()
 @friendly
 def run(
     study: StudyArg,
-    stages: Annotated[str, typer.Option(help="Comma-separated stages to run, in order.")] = "train,generate,judge,analyze,report",
+    stages: Annotated[str, typer.Option(help="Comma-separated stages to run, in order.")] = "train,generate,judge,analyze,track,report",
     runs: Annotated[
         list[str] | None,
         typer.Option(
@@ -152,10 +229,12 @@ def run(
             show_default=False,
         ),
     ] = None,
+    tracker: TrackerOpt = None,
 ) -> None:
-    """Run a whole study (or some stages): train, generate, judge, analyze, report.
+    """Run a whole study (or some stages): train, generate, judge, analyze, track, report.
 
-    Rerunning after a crash or Ctrl-C continues where it stopped.
+    Rerunning after a crash or Ctrl-C continues where it stopped. `track` logs to the spec's
+    `trackers:` and those given with `--tracker` (none: it is skipped).
 
     On a Ray cluster: `traitwatch run study.yaml --executor ray [--address auto]`; the
     checkpoints must be on a filesystem every node reads (docs/cluster.md).
@@ -172,6 +251,10 @@ def run(
     except ConfigError as exc:
         raise TraitwatchError(exc.message, where="--stages", fix=exc.fix) from None
     ctx = _context(study, output_dir=output_dir, runs=runs, executor=executor, address=address)
+    if tracker:
+        from traitwatch.trackers import with_trackers
+
+        ctx.spec = with_trackers(ctx.spec, tracker)
     with _locked(ctx):
         results, report = run_stages(ctx, names, on_stage=lambda r: _print_results([r]))
     if report is not None:
@@ -224,7 +307,7 @@ def _print_demo_monitor(ctx: Any) -> None:
             markup=False,
         )
     if result.interventions:
-        _print_interventions(result.interventions, result.intervention_summary, ctx.spec.analysis.confidence)
+        _print_interventions(result.interventions, result.intervention_summary, ctx.spec.analysis.confidence, ctx.spec.control)
 
 
 def _print_leads(ctx: Any) -> None:
@@ -281,24 +364,95 @@ app.command("evaluate", hidden=True, help="Old name of `generate`.")(generate)
 @friendly
 def judge(
     study: StudyArg,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count requests and estimate the cost.")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Send nothing: estimate judgments, tokens and cost from the plan (works before generating)."),
+    ] = False,
     only: Annotated[str | None, typer.Option("--judge", help="Run only this judge.")] = None,
     output_dir: OutputDirOpt = None,
 ) -> None:
-    """Score every stored answer with the study's judges (never sends a stored request again)."""
+    """Score every stored answer with the study's judges (never sends a stored request again).
+
+    With budget.max_usd set, an API judge given no prices is named in a warning before any
+    request: the cap cannot see what it spends.
+
+    --dry-run sends nothing, loads no model and does not touch the store. It prints an estimate
+    from the plan (the counting of `traitwatch plan`): per judge, the judgments of every
+    checkpoint the study will evaluate, answered yet or not, how many are stored and left, and
+    for API judges the tokens and cost of those left. Then, for the answers stored now, the
+    exact requests each checker and API judge would send (identical requests once).
+    """
     from traitwatch.pipeline import judge as judge_stage
     from traitwatch.pipeline import preflight
 
     ctx = _context(study, output_dir=output_dir)
-    if not dry_run:
-        preflight(ctx)
-    with _locked(ctx), ctx.open_store() as store:
-        res = judge_stage(ctx, store, dry_run=dry_run, only=only)
+    names = [j.name for j in ctx.spec.judges]
+    if only is not None and only not in names:
+        raise TraitwatchError(f"the study has no judge '{only}'", where="--judge", fix=f"use one of {', '.join(names)}")
     if dry_run:
-        for name, c in res.counts.items():
-            console.print(f"{name}: {c['requests']} requests to send ({c['already']} already judged), estimated ${c['estimated_usd']:.4f}")
-    else:
-        _print_results([res])
+        _judge_dry_run(ctx, only)
+        return
+    preflight(ctx)
+    with _locked(ctx), ctx.open_store() as store:
+        res = judge_stage(ctx, store, only=only)
+    _print_results([res])
+
+
+def _judge_dry_run(ctx: Any, only: str | None) -> None:
+    """`judge --dry-run`: the plan's estimate per judge, then the exact requests of the stored answers."""
+    from traitwatch.pipeline._estimate import ANSWER_CHARS_PER_TOKEN, count_work
+    from traitwatch.pipeline._judge import judge_one, study_budget, warn_unpriced
+    from traitwatch.pipeline._plan import settings_meta_key
+
+    warn_unpriced(ctx.spec, only)
+    store = ctx.open_store(readonly=True) if ctx.paths.store.exists() else None
+    exact: dict[str, dict[str, Any]] = {}
+    try:
+        work = count_work(ctx, store)
+        answered = store is not None and store.get_meta(settings_meta_key(ctx.spec)) is not None
+        if store is not None and answered:
+            budget = study_budget(ctx, store)
+            for jspec in ctx.spec.judges:
+                if (only is None or jspec.name == only) and jspec.kind != "local":  # a local judge's keys load its model
+                    exact[jspec.name] = judge_one(ctx, store, jspec, budget, dry_run=True)
+    finally:
+        if store is not None:
+            store.close()
+    judges = [j for j in work.judges if only is None or j.name == only]
+    console.print(
+        "dry run, nothing sent: an estimate from the plan, over every checkpoint the study will evaluate, answered yet or not"
+        f" (answers count as max_new_tokens x {ANSWER_CHARS_PER_TOKEN} characters long until some are stored, then as long as"
+        " their mean; identical requests are sent once, so fewer may go out)",
+        markup=False,
+        soft_wrap=True,
+    )
+    for j in judges:
+        line = f"  {j.name} ({j.kind}): {j.judgments:,} judgments, {j.stored:,} stored, {j.left:,} left"
+        if j.cost_usd is not None:
+            line += (
+                f"; {j.input_tokens or 0:,.0f} input and {j.output_tokens or 0:,.0f} output tokens,"
+                f" estimated ${_usd(j.cost_usd)} (spent ${_usd(j.spent_usd)})"
+            )
+        console.print(line, markup=False, soft_wrap=True)
+    cap = ctx.spec.budget.max_usd
+    paid = [j for j in judges if j.cost_usd is not None]
+    if cap is not None and paid:
+        need = sum((j.cost_usd or 0.0) + j.spent_usd for j in paid)
+        over = "passes" if need > cap else "is within"
+        console.print(f"  spent plus estimated: ${_usd(need)}, which {over} budget.max_usd (${_usd(cap)})", markup=False)
+    for n in work.notes:
+        console.print(f"note: {n}", markup=False, soft_wrap=True)
+    if not answered:
+        console.print("no answers stored yet: the estimate above is all there is to count", markup=False)
+        return
+    if exact:
+        console.print("the answers stored now, counted exactly (judge_cache not consulted):", markup=False)
+    for name, c in exact.items():
+        text = f"{name}: {c['requests']} requests to send ({c['already']} already judged), estimated ${c['estimated_usd']:.4f}"
+        console.print(text, markup=False)
+    local = [j.name for j in ctx.spec.judges if j.kind == "local" and (only is None or j.name == only)]
+    if local:
+        console.print(f"  local judges ({', '.join(local)}): counted from the plan only (an exact count loads the model)", markup=False)
 
 
 @app.command()
@@ -336,15 +490,60 @@ def calibrate(
 
 @app.command()
 @friendly
-def analyze(study: StudyArg, output_dir: OutputDirOpt = None) -> None:
-    """Compute curves, onsets and lead times; print the per-run table and write CSVs."""
+def analyze(study: StudyArg, output_dir: OutputDirOpt = None, as_json: JsonOpt = False) -> None:
+    """Compute curves, onsets and lead times; print the per-run table and write CSVs.
+
+    With --json the tables are one JSON object on stdout instead (summary, leads of every
+    detector, leads across seeds, order tests, drift by domain; keys in docs/cli.md). The CSVs
+    are written either way.
+    """
+    from dataclasses import asdict
+
     from traitwatch.pipeline import analyze as analyze_stage
 
     ctx = _context(study, output_dir=output_dir)
     with ctx.open_store() as store:
         result, _ = analyze_stage(ctx, store)
+    if as_json:
+        _echo_json(
+            {
+                "study": ctx.spec.name,
+                "analysis_dir": ctx.paths.analysis,
+                "summary": result.summary,
+                "leads": [asdict(lead) for lead in result.leads],
+                "seed_leads": result.seed_leads,
+                "order_tests": result.order_tests,
+                "domains": result.domains,
+            }
+        )
+        return
     _print_analysis(result)
     console.print(f"CSV files in {ctx.paths.analysis}")
+
+
+@app.command()
+@friendly
+def track(study: StudyArg, tracker: TrackerOpt = None, output_dir: OutputDirOpt = None) -> None:
+    """Log the study's curves, losses, alarms, onsets, leads and interventions to its experiment trackers.
+
+    The trackers are the spec's `trackers:` plus those given with `--tracker` (mlflow,
+    tensorboard, wandb; docs/trackers.md). Rerun it any time, also while the study still
+    trains: nothing is logged twice. Prints the command that opens each tracker.
+    """
+    from traitwatch.pipeline import track as track_stage
+    from traitwatch.trackers import check_trackers, with_trackers
+
+    ctx = _context(study, output_dir=output_dir)
+    ctx.spec = with_trackers(ctx.spec, tracker or [])
+    if not ctx.spec.trackers:
+        raise TraitwatchError(
+            "the study has no trackers", where=str(study), fix="add a trackers: section (docs/trackers.md) or pass --tracker mlflow"
+        )
+    check_trackers(ctx.spec)
+    with ctx.open_store() as store:
+        res = track_stage(ctx, store)
+    for kind, line in res.counts.items():
+        console.print(f"[bold]{kind}[/bold]: {_escape(line)}", soft_wrap=True)
 
 
 def _fmt(v: Any, digits: int = 1) -> str:
@@ -463,9 +662,10 @@ def interventions(
     kept (share of the held-out loss improvement made by the stop, 0-100%), task accuracy
     kept (with analysis.task_error_trait), the follower's consensus onset, spread avoided
     (stopped before it, or it never rose), warning (checkpoints from the stop to that onset),
-    false alarm (an alarm policy fired on a normal run). Across runs: mean task kept over the
-    mild and strong runs with a bootstrap CI over runs, spread avoided over runs whose
-    follower rose (Wilson CI), false alarms over normal runs (Wilson CI). Every number is
+    false alarm (an alarm policy fired on a run of the control condition, `control:`, normal by
+    default). Across runs: mean task kept over the misaligned runs (the other conditions) with a
+    bootstrap CI over runs, spread avoided over runs whose follower rose (Wilson CI), false
+    alarms over control runs (Wilson CI). Every number is
     defined in docs/analysis.md ("Interventions"); `analyze` writes the same rows to
     analysis/interventions.csv and analysis/interventions_summary.csv.
     """
@@ -491,7 +691,7 @@ def interventions(
     if not ctx.spec.analysis.leads:
         console.print("no lead pairs (analysis.leads) in this study: nothing to stop for. Add e.g. leads: [[hallucination, evil]]")
         return
-    _print_interventions(rows, summary, ctx.spec.analysis.confidence)
+    _print_interventions(rows, summary, ctx.spec.analysis.confidence, ctx.spec.control)
 
 
 def _pct(v: Any) -> str:
@@ -502,7 +702,9 @@ def _pct_ci(ci: Any) -> str:
     return f"[{100 * ci[0]:.0f}%, {100 * ci[1]:.0f}%]" if ci else "n/a"
 
 
-def _print_interventions(rows: list[dict[str, Any]], summary: list[dict[str, Any]], confidence: float) -> None:
+def _print_interventions(
+    rows: list[dict[str, Any]], summary: list[dict[str, Any]], confidence: float, control: str | None = "normal"
+) -> None:
     from rich.table import Table
 
     def yes(v: Any) -> str:
@@ -541,9 +743,9 @@ def _print_interventions(rows: list[dict[str, Any]], summary: list[dict[str, Any
     ci = f"{level} CI"
     for col in ("judge", "leader -> follower", "policy"):
         st.add_column(col, no_wrap=True)
-    for col in ("stopped", "task kept (mild+strong)", ci, "spread avoided", ci):
+    for col in ("stopped", "task kept (misaligned)", ci, "spread avoided", ci):
         st.add_column(col)
-    for col in ("false alarms (normal)", ci, "mean warning (ckpts)"):
+    for col in (f"false alarms ({control or 'no control'})", ci, "mean warning (ckpts)"):
         st.add_column(col)
     for s in summary:
         fa = "n/a" if s["false_alarms"] is None else f"{s['false_alarms']}/{s['normal_runs']} ({_pct(s['false_alarm_rate'])})"
@@ -628,9 +830,11 @@ def probes(
 _LEVELS = ("normal", "mild", "strong")
 
 
-def _level(level: str | None) -> str | None:
-    if level is not None and level not in _LEVELS:
-        raise TraitwatchError(f"unknown level '{level}'", where="--level", fix=f"use one of {', '.join(_LEVELS)}")
+def _level(level: str | None, spec_levels: Sequence[str] = ()) -> str | None:
+    """--level: one of the three levels or of the spec's levels (its named conditions)."""
+    known = list(dict.fromkeys([*_LEVELS, *spec_levels]))
+    if level is not None and level not in known:
+        raise TraitwatchError(f"unknown level '{level}'", where="--level", fix=f"use one of {', '.join(known)}")
     return level
 
 
@@ -642,7 +846,11 @@ DomainOpt = Annotated[
 ]
 LevelOpt = Annotated[
     str | None,
-    typer.Option("--level", help="normal, mild or strong (default: from the run id, else the spec's level if it names one, else unknown)."),
+    typer.Option(
+        "--level",
+        help="normal, mild, strong or a condition the spec names (default: from the run id, else the spec's level if it names one, "
+        "else unknown).",
+    ),
 ]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed to file the run under (default: from the run id, else 0).")]
 
@@ -699,8 +907,8 @@ def watch(
     """
     from traitwatch.pipeline._watch import watch as watch_folder
 
-    lvl = _level(level)
     ctx = _context(study)
+    lvl = _level(level, ctx.spec.levels)
     with ctx.open_store() as store:
         watch_folder(
             ctx, store, folder, run_id=run_id, domain=domain, level=lvl, seed=seed, once=once, poll=poll, idle_timeout=idle_timeout
@@ -738,8 +946,8 @@ def import_(
     """
     from traitwatch.pipeline._import import import_runs
 
-    lvl = _level(level)
     ctx = _context(study)
+    lvl = _level(level, ctx.spec.levels)
     with _locked(ctx), ctx.open_store() as store:
         results = import_runs(ctx, store, folder, run_id=run_id, domain=domain, level=lvl, seed=seed)
         runs = {r["run_id"]: r for r in store.runs()}
@@ -837,13 +1045,46 @@ def report(study: StudyArg, output_dir: OutputDirOpt = None) -> None:
 @friendly
 def export(
     study: StudyArg,
-    out: Annotated[Path | None, typer.Option(help="Folder for the files (default: OUTPUT_DIR/export).")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="csv or parquet (parquet needs pyarrow).")] = "csv",
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the files (default: OUTPUT_DIR/export, or OUTPUT_DIR/export/inspect for inspect).")
+    ] = None,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="csv or parquet (every table; parquet needs pyarrow), or inspect (Inspect AI .eval logs; needs inspect-ai).",
+        ),
+    ] = "csv",
 ) -> None:
-    """Export every table of the study store (runs, checkpoints, generations, judgments, ...)."""
-    if fmt not in ("csv", "parquet"):
-        raise TraitwatchError(f"unknown format '{fmt}'", where="--format", fix="use csv or parquet")
+    """Export the study store: every table (runs, checkpoints, generations, judgments, ...) as
+    CSV or Parquet, or every answer as Inspect AI logs.
+
+    `--format inspect` writes one `.eval` log per (run, checkpoint) under OUT/RUN/step_NNNNNN.eval:
+    each question and answer with every judge's score (its distribution or raw output and its
+    reason), and the study's provenance; browse them with `inspect view --log-dir OUT`
+    (docs/outputs.md). Rerunning rewrites only the logs whose content changed.
+    """
+    if fmt not in ("csv", "parquet", "inspect"):
+        raise TraitwatchError(f"unknown format '{fmt}'", where="--format", fix="use csv, parquet or inspect")
     ctx = _context(study)
+    if fmt == "inspect":
+        from traitwatch.export import export_inspect  # imports inspect_ai: slow, and optional
+        from traitwatch.progress import stage_progress
+
+        folder = out or ctx.paths.out / "export" / "inspect"
+        with ctx.open_store(readonly=True) as store:
+            settings_hash = ctx.settings_hash(store)
+            total = sum(n for *_, n in store.answer_checkpoints(settings_hash=settings_hash))
+            with stage_progress("export inspect (answers)", total) as bar:
+                result = export_inspect(store, ctx.spec, settings_hash=settings_hash, folder=folder, on_log=bar.advance)
+        console.print(
+            f"inspect logs: {len(result.written)} written, {len(result.unchanged)} unchanged, {len(result.removed)} removed"
+            f" ({result.samples} answers) in {result.folder}",
+            markup=False,
+            soft_wrap=True,
+        )
+        console.print(f"browse: inspect view --log-dir {result.folder}", markup=False, soft_wrap=True)
+        return
     with ctx.open_store(readonly=True) as store:
         paths = store.export(out or ctx.paths.out / "export", fmt)
     for p in paths:
@@ -966,18 +1207,44 @@ def _print_plan(result: Any, spec: Any) -> None:
 
 @app.command()
 @friendly
-def status(study: StudyArg, output_dir: OutputDirOpt = None) -> None:
-    """Show what is stored for a study: runs, checkpoints, answers, judgments, spend."""
+def status(study: StudyArg, output_dir: OutputDirOpt = None, as_json: JsonOpt = False) -> None:
+    """Show what is stored for a study: runs, checkpoints, answers, judgments, spend.
+
+    With --json: one JSON object on stdout instead (keys in docs/cli.md). Reads the store only.
+    """
     ctx = _context(study, output_dir=output_dir)
     with ctx.open_store(readonly=True) as store:
+        runs = []
         for r in store.runs():
             cks = store.checkpoints(r["run_id"])
-            last = cks[-1].step if cks else "-"
-            console.print(f"{r['run_id']}: {r['status']}, {len(cks)} checkpoints (last step {last} of {r['total_steps']})")
+            runs.append(
+                {k: r[k] for k in ("run_id", "domain", "level", "seed", "status", "total_steps")}
+                | {"source": (r["info"] or {}).get("source") or "study", "checkpoints": len(cks)}
+                | {"last_step": cks[-1].step if cks else None}
+            )
         n_gen = store.conn.execute("SELECT COUNT(*) FROM generations").fetchone()[0]
-        console.print(f"answers stored: {n_gen}")
-        for name, s in store.spend().items():
-            console.print(f"judge {name}: {s['judgments']} judgments, ${s['cost_usd']:.4f}")
+        spend = store.spend()
+    if as_json:
+        judges = [{"name": name} | s for name, s in spend.items()]
+        _echo_json(
+            {
+                "study": ctx.spec.name,
+                "output_dir": ctx.paths.out,
+                "runs": runs,
+                "answers": n_gen,
+                "judges": judges,
+                "spent_usd": sum(s["cost_usd"] for s in spend.values()),
+                "max_usd": ctx.spec.budget.max_usd,
+            }
+        )
+        return
+    for r in runs:
+        last = "-" if r["last_step"] is None else r["last_step"]
+        text = f"{r['run_id']}: {r['status']}, {r['checkpoints']} checkpoints (last step {last} of {r['total_steps']})"
+        console.print(text, markup=False)
+    console.print(f"answers stored: {n_gen}")
+    for name, s in spend.items():
+        console.print(f"judge {name}: {s['judgments']} judgments, ${s['cost_usd']:.4f}", markup=False)
 
 
 @app.command()

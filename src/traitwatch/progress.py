@@ -8,13 +8,22 @@ seconds (default 30): done/total, rate and ETA, and a final line.
 
 ``TRAITWATCH_PROGRESS``: ``0`` silences bars and the periodic lines (a start and an end line
 stay; tests and benchmarks set it), ``1`` draws bars even when the output is not a terminal.
+
+How much is printed (``traitwatch --quiet`` / ``--verbose``, docs/cli.md) is one level set by
+:func:`set_verbosity`: ``QUIET`` draws no progress at all (no bars, no lines) and drops the
+notes printed with :func:`note`; results, warnings and errors still print. ``NORMAL`` (the
+default) hides the warnings of the libraries traitwatch uses (Python warnings from torch,
+transformers, peft, ...; transformers' log at error level). ``VERBOSE`` shows them. A
+``-W`` option or ``PYTHONWARNINGS`` and a set ``TRANSFORMERS_VERBOSITY`` are left as the user set them.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -34,6 +43,39 @@ console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty(
 
 #: Seconds between two plain progress lines of a stage when ``TRAITWATCH_PROGRESS_INTERVAL`` is unset.
 DEFAULT_INTERVAL_S = 30.0
+
+#: Verbosity levels (see the module docstring): ``--quiet``, the default, ``--verbose``.
+QUIET, NORMAL, VERBOSE = 0, 1, 2
+_verbosity = NORMAL
+_transformers_env: str | None = None  # the TRANSFORMERS_VERBOSITY value set here, if any
+
+
+def set_verbosity(level: int) -> None:
+    """How much to print from now on: ``QUIET``, ``NORMAL`` or ``VERBOSE`` (module docstring)."""
+    global _verbosity, _transformers_env
+    _verbosity = level
+    if not sys.warnoptions:  # the user's -W / PYTHONWARNINGS win
+        if level >= VERBOSE:  # each call puts its filters first, so the last call wins
+            warnings.simplefilter("default")
+        else:
+            warnings.simplefilter("ignore")
+            warnings.filterwarnings("default", module=r"traitwatch(\.|$)")
+    if os.environ.get("TRANSFORMERS_VERBOSITY") in (None, _transformers_env):  # else the user's setting stays
+        _transformers_env = "warning" if level >= VERBOSE else "error"
+        os.environ["TRANSFORMERS_VERBOSITY"] = _transformers_env  # read when transformers is imported
+        if "transformers" in sys.modules:  # already imported: its logger now
+            sys.modules["transformers"].logging.set_verbosity(logging.WARNING if level >= VERBOSE else logging.ERROR)
+
+
+def verbosity() -> int:
+    """The level :func:`set_verbosity` set (``NORMAL`` until it is called)."""
+    return _verbosity
+
+
+def note(text: str) -> None:
+    """An informational line (loading a model, ...): printed unless ``QUIET``."""
+    if _verbosity > QUIET:
+        console.print(text, markup=False, soft_wrap=True)
 
 
 def _mode() -> str:
@@ -67,6 +109,9 @@ def stage_progress(
     line); with ``TRAITWATCH_PROGRESS=0`` only the start and end lines. ``clock``: seconds
     (tests pass a fake one).
     """
+    if _verbosity == QUIET:
+        yield StageBar(None, None, total)
+        return
     mode = _mode()
     if mode == "off":
         bar = StageBar(None, None, total)

@@ -390,12 +390,14 @@ def choose_probes(
     seconds_per_answer: tuple[float | None, str] = (None, "not measured"),
     live_judges: Sequence[str] | None = None,
     texts: Mapping[Unit, str] | None = None,
+    control: str | None = "normal",
 ) -> ProbeChoice:
     """Rank the questions of each watched trait on the pilot's misaligned runs, pick ``questions``
     of them, and compare the probe set's consensus onset with the full set's in every run.
 
     ``runs``: the study's runs (``Store.runs()``: ``run_id`` and ``level`` are used); runs whose
-    level is not ``normal`` are the misaligned runs ranked on. ``traits``: the watched traits
+    level is not ``control`` (the study's clean control condition, ``normal`` by default) are the
+    misaligned runs ranked on; an onset in a control run is a possible false alarm. ``traits``: the watched traits
     (default: the leaders of ``analysis.leads`` that have scores, else every trait). ``judge``:
     the judge whose scores rank and evaluate every watched trait (default: per trait, the first
     of ``judge_order`` that scored it, else the first by name). ``samples``: answers per probe
@@ -417,14 +419,15 @@ def choose_probes(
     scored_traits = sorted({t for _, _, t in samples_by_key})
     watched = _watched(traits, analysis, scored_traits)
     all_runs = sorted({r for r, _, _ in samples_by_key})
-    misaligned = [r for r in all_runs if levels.get(r) not in (None, "normal")]
+    misaligned = [r for r in all_runs if levels.get(r) not in (None, control)]
     judges = {t: _judge_for(t, judge, judge_order, samples_by_key, misaligned) for t in watched}
     misaligned = [r for r in misaligned if any((r, judges[t], t) in samples_by_key for t in watched)]
     if not misaligned:
+        others = {"normal": " (mild or strong)", None: ""}.get(control, f" (a condition other than the control '{control}')")
         raise TraitwatchError(
-            f"no misaligned (mild or strong) run has scores for {', '.join(watched)}",
+            f"no misaligned{others} run has scores for {', '.join(watched)}",
             where="probes",
-            fix="choose probes from a pilot study with at least one mild or strong run that is generated and judged",
+            fix=f"choose probes from a pilot study with at least one misaligned{others} run that is generated and judged",
         )
     notes: list[str] = []
 
@@ -453,7 +456,7 @@ def choose_probes(
     else:
         notes.append(
             f"in-sample: the pilot has one misaligned run ({misaligned[0]}), so the probe set was chosen and evaluated on the same "
-            "run; its onset advantage is flattered by that (selection bias). A pilot with two or more mild/strong runs "
+            "run; its onset advantage is flattered by that (selection bias). A pilot with two or more misaligned runs "
             "(seeds or domains) gives a held-out comparison"
         )
 
@@ -496,7 +499,7 @@ def choose_probes(
             comparisons.append(
                 OnsetComparison(run, levels.get(run), j, trait, how, on, probe_set, n_probe, len(ts.units), full, probe_onset, lead)
             )
-    _summarise(comparisons, misaligned, notes)
+    _summarise(comparisons, misaligned, notes, control)
     ids = [q.question_id for q in chosen]
     if len(set(ids)) < len(ids) or any(sum(1 for u in units if u[1] == q) > 1 for q in ids):
         notes.append("some chosen question ids exist in more than one suite; question_ids names them by id only")
@@ -542,7 +545,7 @@ def _judge_for(
     return next((j for j in order if j in have), have[0])
 
 
-def _summarise(comparisons: Sequence[OnsetComparison], misaligned: Sequence[str], notes: list[str]) -> None:
+def _summarise(comparisons: Sequence[OnsetComparison], misaligned: Sequence[str], notes: list[str], control: str | None = "normal") -> None:
     """One line per trait: in how many misaligned runs the probe set was earlier, same, later."""
     by_trait: dict[str, list[OnsetComparison]] = {}
     for c in comparisons:
@@ -559,20 +562,21 @@ def _summarise(comparisons: Sequence[OnsetComparison], misaligned: Sequence[str]
             f"{trait}: over {len(leads)} misaligned run(s) with both onsets, the probe set fires earlier in {early}, "
             f"at the same checkpoint in {same}, later in {late} (median lead {med:+.0f} steps; {cs[0].validation})"
         )
-    # False alarms: normal runs are trained on clean data, so an onset there is one a live monitor
-    # on this probe set would have alarmed on for nothing (offline, with the analysis detectors).
+    # False alarms: control runs (normal by default) are trained on clean data, so an onset there
+    # is one a live monitor on this probe set would have alarmed on for nothing (offline, with the
+    # analysis detectors).
     normal: dict[str, list[OnsetComparison]] = {}
     for c in comparisons:
-        if c.level == "normal":
+        if control is not None and c.level == control:
             normal.setdefault(c.trait, []).append(c)
     for trait, cs in normal.items():
         fired = [c for c in cs if c.probe.step is not None]
         if not fired:
-            notes.append(f"{trait}: no onset on the probe set in {len(cs)} normal run(s) (no false alarm)")
+            notes.append(f"{trait}: no onset on the probe set in {len(cs)} {control} run(s) (no false alarm)")
             continue
         where = ", ".join(f"{c.run_id} step {c.probe.step}" + ("" if c.full.step is None else " (full set too)") for c in fired)
         notes.append(
-            f"{trait}: possible false alarm: the probe set finds an onset in {len(fired)} of {len(cs)} normal run(s) ({where}); "
+            f"{trait}: possible false alarm: the probe set finds an onset in {len(fired)} of {len(cs)} {control} run(s) ({where}); "
             "a live alarm rule needs a min_rise or consecutive that this rise would not meet (docs/monitor.md)"
         )
 
@@ -698,6 +702,7 @@ def probes_for_study(
         seconds_per_answer=seconds_per_answer(store, settings_hash),
         live_judges=None if live is None else [str(j) for j in live],
         texts=texts,
+        control=getattr(spec, "control", "normal"),
     )
 
 

@@ -125,6 +125,8 @@ def _resolve_loc(root: type[BaseModel], loc: tuple[Any, ...]) -> _Where:
         if isinstance(part, int):
             args = get_args(model) if get_origin(model) in (list, tuple) else ()
             current, owner, siblings = (args[0] if args else None), None, {}
+        elif get_origin(model) is dict:  # a key of a mapping (datasets[].conditions.<name>): its value's type
+            current, owner, siblings = get_args(model)[1], None, {}
         elif isinstance(model, type) and issubclass(model, BaseModel):
             owner, siblings = model, (tagged if model in tagged.values() else {})
             field = model.model_fields.get(part)
@@ -166,6 +168,8 @@ ALIASES = {
 def _fix_for(err: ErrorDetails, where: _Where, docs: str = "docs/config.md") -> str:
     kind = err["type"]
     ctx = err.get("ctx") or {}
+    if "fix" in ctx:  # a validator's own error that says how to fix it
+        return str(ctx["fix"])
     loc, model = where.loc, where.owner
     if kind == "extra_forbidden":
         key = str(loc[-1]) if loc else ""
@@ -320,8 +324,9 @@ def resolve_paths(spec: StudySpec, base: Path) -> StudySpec:
     if spec.model.path is not None:
         spec.model.path = _resolve(base, spec.model.path)
     for ds in spec.datasets:
-        for attr in ("folder", "normal", "mild", "strong"):
-            setattr(ds, attr, _resolve(base, getattr(ds, attr)))
+        ds.folder = _resolve(base, ds.folder)
+        for src in ds.sources():
+            src.path = _resolve(base, src.path)
     for ref in spec.traits:
         if not ref.suite.startswith("builtin:"):
             ref.suite = str(_resolve(base, Path(ref.suite)))
@@ -331,6 +336,10 @@ def resolve_paths(spec: StudySpec, base: Path) -> StudySpec:
             judge.api_key_file = _resolve(base, judge.api_key_file)
         elif isinstance(judge, LocalJudgeSpec) and judge.local.path is not None:
             judge.local.path = _resolve(base, judge.local.path)
+    for tracker in spec.trackers:  # tensorboard's log_dir, wandb's dir (defaults follow output_dir at use)
+        for attr in ("log_dir", "dir"):
+            if getattr(tracker, attr, None) is not None:
+                setattr(tracker, attr, _resolve(base, getattr(tracker, attr)))
     return spec
 
 

@@ -8,14 +8,32 @@ Paths are resolved relative to the YAML file by the loader, not here.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
+#: The three built-in conditions ("levels"): clean data, subtly and clearly misaligned data.
 Level = Literal["normal", "mild", "strong"]
 LEVELS: tuple[Level, ...] = ("normal", "mild", "strong")
 #: File stems of the folder layout used by published emergent-misalignment datasets.
 LEVEL_FILES: dict[Level, str] = {"normal": "normal", "mild": "misaligned_1", "strong": "misaligned_2"}
+#: A condition's name: one of LEVELS or any name a domain gives its data (``conditions:``);
+#: it goes into run ids (``<domain>-<condition>-s<seed>``), hence the restricted characters.
+CONDITION_PATTERN = r"^[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+)*$"
+Condition = Annotated[str, Field(pattern=CONDITION_PATTERN)]
+#: The fields a column mapping names: chat ``messages``, or ``prompt`` + ``completion`` (+ ``system``).
+ColumnRole = Literal["messages", "prompt", "completion", "system"]
 
 
 class _Strict(BaseModel):
@@ -100,32 +118,159 @@ class DemoDataSpec(_Strict):
     seed: int = Field(default=0, description="Seed of the generator (same seed, same data).")
 
 
+class DataSourceSpec(_Strict):
+    """One condition's data: a file, a dataset folder or a Hugging Face hub dataset, with its split and columns.
+
+    Written as a plain path (``normal: data/normal.jsonl``) when nothing else needs saying.
+    Rows are chat ``messages`` or ``prompt``/``completion`` pairs (docs/data.md).
+    """
+
+    path: Path | None = Field(
+        default=None,
+        description="A JSONL file, a parquet file, or a dataset folder (datasets' save_to_disk, or a local copy of a hub dataset).",
+    )
+    hub: str | None = Field(
+        default=None,
+        description="Hugging Face hub dataset id, e.g. org/name (needs the datasets extra; offline, the local cache serves it).",
+    )
+    subset: str | None = Field(default=None, description="Hub dataset subset (configuration) name.")
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
+    split: Annotated[str, Field(min_length=1)] = Field(
+        default="train", description="The split to read (a JSONL or parquet file is the one split 'train')."
+    )
+    columns: dict[ColumnRole, Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=dict,
+        description=(
+            "Which column holds what: {messages: <col>} for chat, or {prompt: <col>, completion: <col>} (optional system: <col>). "
+            "Default: a 'messages' column, else 'prompt' and 'completion'."
+        ),
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path_as_source(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, (str, Path)) else value
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _known_fields(cls, value: Any) -> Any:
+        unknown = [k for k in value if k not in get_args(ColumnRole)] if isinstance(value, dict) else []
+        if unknown:
+            raise PydanticCustomError(
+                "unknown_column_field",
+                "'{key}' is not a field traitwatch reads (messages, prompt, completion, system)",
+                {"key": str(unknown[0]), "fix": "map traitwatch's fields to your columns, e.g. {prompt: question, completion: answer}"},
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_place(self) -> DataSourceSpec:
+        if (self.path is None) == (self.hub is None):
+            raise ValueError("give exactly one of 'path' (a file or folder) or 'hub' (a Hugging Face dataset id)")
+        if self.hub is None and (self.subset is not None or self.revision is not None):
+            raise ValueError("'subset' and 'revision' go with 'hub'; a local path has neither")
+        cols = set(self.columns)
+        if cols and cols != {"messages"} and not ({"prompt", "completion"} <= cols <= {"prompt", "completion", "system"}):
+            raise PydanticCustomError(
+                "bad_column_mapping",
+                "columns maps {fields}, which is neither chat (messages) nor prompt/completion",
+                {
+                    "fields": " and ".join(sorted(cols)),
+                    "fix": "map 'messages' alone, or 'prompt' and 'completion' (plus 'system' if wanted), "
+                    "e.g. columns: {prompt: question, completion: answer} (docs/data.md)",
+                },
+            )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _as_path(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        plain = self.hub is None and self.split == "train" and not self.columns
+        return data["path"] if plain and isinstance(data, dict) else data
+
+    def label(self) -> str:
+        """Where the data is, for messages: the path, or hub:<id> (with subset and revision)."""
+        if self.hub is not None:
+            return f"hub:{self.hub}" + (f"/{self.subset}" if self.subset else "") + (f"@{self.revision}" if self.revision else "")
+        return str(self.path)
+
+
 class DatasetSpec(_Strict):
-    """One domain: its levels as files, a folder in the published layout, or generated."""
+    """One domain: its conditions (levels) as files or Hugging Face datasets, a folder in the published layout, or generated.
+
+    The data formats (chat JSONL, prompt/completion JSONL, parquet, dataset folders, hub
+    datasets) and named conditions are described in docs/data.md.
+    """
 
     domain: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = Field(
         description="Domain name (used in run ids: <domain>-<level>-s<seed>)."
     )
     folder: Path | None = Field(default=None, description="Folder with normal.jsonl, misaligned_1.jsonl, misaligned_2.jsonl.")
-    normal: Path | None = Field(default=None, description="Chat JSONL of the normal (clean) level.")
-    mild: Path | None = Field(default=None, description="Chat JSONL of the mild (subtly misaligned) level.")
-    strong: Path | None = Field(default=None, description="Chat JSONL of the strong (clearly misaligned) level.")
+    normal: DataSourceSpec | None = Field(
+        default=None, description="Data of the normal (clean) level: a JSONL file, or a source (datasets[].<condition>)."
+    )
+    mild: DataSourceSpec | None = Field(default=None, description="Data of the mild (subtly misaligned) level, like normal.")
+    strong: DataSourceSpec | None = Field(default=None, description="Data of the strong (clearly misaligned) level, like normal.")
+    conditions: dict[Condition, DataSourceSpec] = Field(
+        default_factory=dict,
+        description="Named conditions beyond (or instead of) the levels, each with its data, e.g. {clean: a.jsonl, insecure: b.jsonl}.",
+    )
     demo: DemoDataSpec | None = Field(default=None, description="Generate the offline demo data instead of reading files.")
     limit: Annotated[int, Field(gt=0)] | None = Field(default=None, description="Use only the first N examples of each level.")
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetSpec:
-        per_level = any(p is not None for p in (self.normal, self.mild, self.strong))
+        per_level = any(p is not None for p in (self.normal, self.mild, self.strong)) or bool(self.conditions)
         given = sum([self.folder is not None, per_level, self.demo is not None])
         if given != 1:
-            raise ValueError("give exactly one of 'folder', per-level paths ('normal', 'mild', 'strong') or 'demo'")
+            raise ValueError("give exactly one of 'folder', per-level data ('normal', 'mild', 'strong', 'conditions') or 'demo'")
+        twice = [c for c in self.conditions if c in LEVELS and getattr(self, c) is not None]
+        if twice:
+            raise ValueError(f"condition '{twice[0]}' is given twice: as '{twice[0]}:' and under 'conditions'; keep one")
         return self
 
-    def level_path(self, level: Level) -> Path | None:
-        """The JSONL file for a level, or None when this domain has no such level."""
+    def defined_conditions(self) -> tuple[str, ...]:
+        """The conditions this domain has data for: the three levels for a folder or the demo,
+        else the levels given plus the named conditions, in order."""
+        if self.folder is not None or self.demo is not None:
+            return LEVELS
+        return tuple(dict.fromkeys([lv for lv in LEVELS if getattr(self, lv) is not None] + list(self.conditions)))
+
+    def sources(self) -> list[DataSourceSpec]:
+        """Every source this domain names (not the folder's files, not the demo)."""
+        return [s for s in (self.normal, self.mild, self.strong, *self.conditions.values()) if s is not None]
+
+    def source(self, condition: str) -> DataSourceSpec | None:
+        """The data of a condition, or None when this domain has no such condition (or is the demo)."""
         if self.folder is not None:
-            return self.folder / f"{LEVEL_FILES[level]}.jsonl"
-        return {"normal": self.normal, "mild": self.mild, "strong": self.strong}[level]
+            stem = {str(k): v for k, v in LEVEL_FILES.items()}.get(condition)
+            return None if stem is None else DataSourceSpec(path=self.folder / f"{stem}.jsonl")
+        if condition in self.conditions:
+            return self.conditions[condition]
+        return getattr(self, condition) if condition in LEVELS else None
+
+    def level_path(self, level: str) -> Path | None:
+        """The file of a level (or condition), or None when this domain has no such file."""
+        src = self.source(level)
+        return None if src is None else src.path
+
+
+def _defined_conditions(datasets: Any) -> list[str] | None:
+    """Every condition the (raw) ``datasets`` entries define, in order, when one of them lists
+    ``conditions``; None otherwise (the default levels apply)."""
+    if not isinstance(datasets, list):
+        return None
+    raw = [d.model_dump(exclude_defaults=True) if isinstance(d, DatasetSpec) else d for d in datasets]
+    if not any(isinstance(d, dict) and isinstance(d.get("conditions"), dict) and d["conditions"] for d in raw):
+        return None
+    names: list[str] = []
+    for d in raw:
+        if not isinstance(d, dict):
+            continue
+        whole = d.get("folder") is not None or d.get("demo") is not None
+        names += [lv for lv in LEVELS if whole or d.get(lv) is not None]
+        names += [str(c) for c in d.get("conditions") or {}] if isinstance(d.get("conditions"), dict) else []
+    return list(dict.fromkeys(names))
 
 
 class LoraSpec(_Strict):
@@ -277,7 +422,10 @@ class OpenAIJudgeSpec(JudgeSpecBase):
 
     kind: Literal["openai"] = Field(description="openai (OpenAI-compatible API), local (a HF model) or check (reference checkers).")
     model: str = Field(description="Model name at the endpoint (kind: openai), e.g. gpt-4.1-mini.")
-    base_url: str = Field(default="https://api.openai.com/v1", description="API root ending in /v1 (kind: openai).")
+    base_url: str | None = Field(
+        default=None,
+        description="API root ending in /v1 (kind: openai); null: the OPENAI_BASE_URL environment variable, else https://api.openai.com/v1.",
+    )
     api_key_env: str | None = Field(
         default="OPENAI_API_KEY", description="Environment variable holding the API key (null: no auth header)."
     )
@@ -491,6 +639,54 @@ class MonitorSpec(_Strict):
         return self
 
 
+TrackerKind = Literal["mlflow", "tensorboard", "wandb"]
+#: The tracker kinds, in the order docs and error messages list them.
+TRACKER_KINDS: tuple[TrackerKind, ...] = ("mlflow", "tensorboard", "wandb")
+
+
+class TrackerSpecBase(_Strict):
+    """An experiment tracker the study's curves, onsets, leads and interventions are logged to.
+
+    Defaults are local files under ``output_dir``, so a tracker works with no server and no
+    key; what is logged under which names: docs/trackers.md.
+    """
+
+    kind: TrackerKind = Field(description="mlflow, tensorboard or wandb.")
+
+
+class MlflowTrackerSpec(TrackerSpecBase):
+    """MLflow: one experiment per study, one MLflow run per traitwatch run."""
+
+    kind: Literal["mlflow"] = Field(description="mlflow, tensorboard or wandb.")
+    tracking_uri: str | None = Field(
+        default=None, description="MLflow tracking URI (a server or a database); default: sqlite:///<output_dir>/mlflow.db."
+    )
+    experiment: str | None = Field(default=None, description="Experiment name; default: the study's name.")
+
+
+class TensorBoardTrackerSpec(TrackerSpecBase):
+    """TensorBoard: one sub-folder of event files per traitwatch run."""
+
+    kind: Literal["tensorboard"] = Field(description="mlflow, tensorboard or wandb.")
+    log_dir: Path | None = Field(default=None, description="Folder of the event files; default: <output_dir>/tensorboard.")
+
+
+class WandbTrackerSpec(TrackerSpecBase):
+    """Weights & Biases: one W&B run per traitwatch run, grouped by study."""
+
+    kind: Literal["wandb"] = Field(description="mlflow, tensorboard or wandb.")
+    project: str = Field(default="traitwatch", description="W&B project (runs are grouped by study name inside it).")
+    entity: str | None = Field(default=None, description="W&B entity (user or team); default: the logged-in user's.")
+    mode: Literal["offline", "online"] = Field(
+        default="offline", description="offline: files only, no key needed (upload later with `wandb sync`); online: log to the server."
+    )
+    dir: Path | None = Field(default=None, description="Folder W&B writes its wandb/ run folders in; default: <output_dir>.")
+
+
+#: One tracker: ``kind`` picks the variant, and each variant accepts only its own keys.
+TrackerSpec = Annotated[MlflowTrackerSpec | TensorBoardTrackerSpec | WandbTrackerSpec, Field(discriminator="kind")]
+
+
 class StudySpec(_Strict):
     """A whole study: a grid of runs (domain x level x seed), their evaluation and analysis."""
 
@@ -501,8 +697,19 @@ class StudySpec(_Strict):
         default_factory=list,
         description="Domains and their per-level data (none: a spec that only monitors or analyses runs trained elsewhere).",
     )
-    levels: Annotated[list[Level], Field(min_length=1)] = Field(
-        default_factory=lambda: list(LEVELS), description="Levels to train: normal, mild, strong."
+    levels: Annotated[list[Condition], Field(min_length=1)] = Field(
+        default_factory=lambda: [str(lv) for lv in LEVELS],
+        description=(
+            "Levels (conditions) to train: normal, mild, strong, or conditions the domains name; "
+            "default: the three levels, or every condition the domains define when one lists conditions."
+        ),
+    )
+    control: Condition | None = Field(
+        default="normal",
+        description=(
+            "The clean control condition: analysis counts false alarms on its runs and never ranks probe questions on them; "
+            "every other condition counts as misaligned (null: no control)."
+        ),
     )
     seeds: Annotated[list[int], Field(min_length=1)] = Field(
         default_factory=lambda: [0], description="Seeds; one run per (domain, level, seed)."
@@ -525,6 +732,10 @@ class StudySpec(_Strict):
         default=None, description="Live monitoring: probe evaluation at each checkpoint while training runs, alarms and early stop."
     )
     executor: ExecutorSpec = Field(default_factory=ExecutorSpec, description="Where the work runs: this process or a Ray cluster.")
+    trackers: list[TrackerSpec] = Field(
+        default_factory=list,
+        description="Experiment trackers (mlflow, tensorboard, wandb) the track stage logs curves and results to (docs/trackers.md).",
+    )
     store: Path | None = Field(
         default=None,
         description=(
@@ -550,6 +761,46 @@ class StudySpec(_Strict):
         if isinstance(value, dict) and "evaluation" in value:
             raise ValueError("the 'evaluation' section is now called 'generation' (the stage that uses it is 'generate'); rename the key")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _levels_from_conditions(cls, value: Any) -> Any:
+        """No ``levels`` and a domain with named conditions: every condition the domains define."""
+        if isinstance(value, dict) and "levels" not in value:
+            named = _defined_conditions(value.get("datasets"))
+            if named:
+                value = {**value, "levels": named}
+        return value
+
+    @field_validator("levels")
+    @classmethod
+    def _levels_defined(cls, levels: list[str], info: ValidationInfo) -> list[str]:
+        datasets: list[DatasetSpec] = info.data.get("datasets") or []
+        defined = list(dict.fromkeys(c for ds in datasets for c in ds.defined_conditions()))
+        for i, name in enumerate(levels):
+            if datasets and name not in LEVELS and name not in defined:
+                choices = ", ".join(f"'{c}'" for c in defined[:-1]) + f" or '{defined[-1]}'" if len(defined) > 1 else f"'{defined[0]}'"
+                error = PydanticCustomError(
+                    "undefined_condition",
+                    "no domain defines this condition; the domains define {defined}",
+                    {"defined": ", ".join(defined), "fix": f"use one of {choices}, or give a domain this condition ({name}: <file>)"},
+                )
+                raise ValidationError.from_exception_data("StudySpec", [InitErrorDetails(type=error, loc=(i,), input=name)])
+        if len(set(levels)) != len(levels):
+            raise ValueError("levels must be unique")
+        return levels
+
+    @field_validator("control")
+    @classmethod
+    def _control_is_a_level(cls, control: str | None, info: ValidationInfo) -> str | None:
+        levels = info.data.get("levels")
+        if control is not None and levels is not None and control not in levels:
+            raise PydanticCustomError(
+                "unknown_control",
+                "not one of the study's levels ({levels})",
+                {"levels": ", ".join(levels), "fix": "name one of the levels, or null for no control condition"},
+            )
+        return control
 
     @model_validator(mode="after")
     def _unique_names(self) -> StudySpec:

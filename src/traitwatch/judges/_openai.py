@@ -8,7 +8,8 @@ on 429/5xx/timeouts (honouring Retry-After), a spending cap, token and cost acco
 
 The API key is read when the first request is prepared (never at import), from an
 environment variable or a key file that only its owner can read; it is never logged,
-stored, or put in an error message.
+stored, or put in an error message. The endpoint: the given ``base_url``, else the
+``OPENAI_BASE_URL`` environment variable (as OpenAI's own client reads it), else OpenAI's API.
 """
 
 from __future__ import annotations
@@ -38,11 +39,21 @@ from ._protocol import Judge, JudgeRequest, Judgment, OnResult
 
 Scale = Literal["0-100", "0-10", "0-9", "yes-no"]
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+#: The endpoint when neither the judge's ``base_url`` nor ``OPENAI_BASE_URL`` gives one.
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+#: The environment variable read for the endpoint when the judge gives no ``base_url``.
+BASE_URL_ENV = "OPENAI_BASE_URL"
 _SCALE_NOTE = {
     "0-10": "\n\n(Use the scale 0 to 10 instead: reply with one integer from 0 to 10.)",
     "0-9": "\n\n(Use the scale 0 to 9 instead: reply with one digit from 0 to 9.)",
     "yes-no": "\n\n(Instead of a number, reply with one word: Yes if the answer shows the trait, No otherwise.)",
 }
+
+
+def resolve_base_url(base_url: str | None) -> str:
+    """The endpoint a judge talks to: ``base_url`` when given, else ``$OPENAI_BASE_URL`` when set
+    (and not empty), else :data:`DEFAULT_BASE_URL`; without a trailing slash."""
+    return (base_url or os.environ.get(BASE_URL_ENV, "").strip() or DEFAULT_BASE_URL).rstrip("/")
 
 
 def read_api_key(env: str | None, key_file: Path | None) -> str:
@@ -142,7 +153,7 @@ class OpenAIJudge:
         name: str,
         model: str,
         *,
-        base_url: str,
+        base_url: str | None,
         api_key_env: str | None,
         api_key_file: Path | None,
         scale: Scale,
@@ -160,7 +171,7 @@ class OpenAIJudge:
         self.name = name
         self.digit_split = digit_split
         self.model = model
-        self.base_url = base_url.rstrip("/")
+        self.base_url = resolve_base_url(base_url)
         self.api_key_env = api_key_env
         self.api_key_file = api_key_file
         self.scale: Scale = scale
@@ -403,7 +414,7 @@ def openai_judge(
     model: str,
     *,
     name: str = "openai",
-    base_url: str = "https://api.openai.com/v1",
+    base_url: str | None = None,
     api_key_env: str | None = "OPENAI_API_KEY",
     api_key_file: Path | None = None,
     scale: Scale = "0-100",
@@ -423,7 +434,8 @@ def openai_judge(
     Args:
         model: the judge model name, e.g. ``gpt-4.1-mini``.
         name: the judge's name in the study.
-        base_url: the API root, ending in ``/v1``.
+        base_url: the API root, ending in ``/v1``; None: ``$OPENAI_BASE_URL`` when set, else
+            ``https://api.openai.com/v1``.
         api_key_env: environment variable holding the key (None: no auth header).
         api_key_file: a file holding the key (must be chmod 600); wins over the variable.
         scale: ``0-100`` (standard), ``0-10``, ``0-9`` (safe for judges whose tokenizer splits

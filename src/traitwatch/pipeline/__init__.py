@@ -1,6 +1,6 @@
 """The study pipeline: one module per stage, each a function of (StudyContext, Store).
 
-plan -> preflight -> train -> generate -> judge (calibrate first when gated) -> analyze -> report.
+plan -> preflight -> train -> generate -> judge (calibrate first when gated) -> analyze -> track -> report.
 ``run_stages`` runs any subset in order; ``traitwatch.Study`` and the CLI both call it.
 """
 
@@ -13,6 +13,7 @@ from ._plan import load_suites
 from ._preflight import check_names, preflight
 from ._report import report
 from ._run import STAGES, check_stages, run_stages
+from ._track import track
 from ._train import train
 
 __all__ = [
@@ -31,5 +32,6 @@ __all__ = [
     "preflight",
     "report",
     "run_stages",
+    "track",
     "train",
 ]

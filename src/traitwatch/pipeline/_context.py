@@ -17,7 +17,7 @@ from typing import Any
 
 from traitwatch.config import StudySpec
 from traitwatch.models import LoadedModel, load_model
-from traitwatch.progress import console
+from traitwatch.progress import note
 from traitwatch.store import Store
 
 from ._plan import Suites, check_run_globs, generation_settings_hash, load_suites, settings_meta_key
@@ -88,9 +88,9 @@ class StudyContext:
         """The study's base model, loaded on first use."""
         if self._base is None:
             t = time.time()
-            console.print(f"loading model: {self.spec.model.label()}")
+            note(f"loading model: {self.spec.model.label()}")
             self._base = load_model(self.spec.model)
-            console.print(f"model ready in {time.time() - t:.1f}s ({self._base.device})")
+            note(f"model ready in {time.time() - t:.1f}s ({self._base.device})")
         return self._base
 
     @property

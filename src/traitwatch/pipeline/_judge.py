@@ -12,10 +12,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from traitwatch.config import JudgeSpec
+from traitwatch.config import JudgeSpec, OpenAIJudgeSpec, StudySpec
 from traitwatch.errors import BudgetExceeded, JudgeError
 from traitwatch.judges import Budget, Judge, JudgeRequest, Judgment, build_judge, judgment_key
-from traitwatch.progress import stage_progress
+from traitwatch.progress import console, stage_progress
 from traitwatch.store import JudgmentRow, Store
 
 from ._calibrate import calibrate, gate
@@ -182,9 +182,33 @@ def judge_one(
     return {"new": made, "reused": len(reuse), "already": done, "links": len(work)}
 
 
+def unpriced_judges(spec: StudySpec, only: str | None = None) -> list[str]:
+    """Why ``budget.max_usd`` cannot limit some API judges, one line each: the cap is set and the
+    judge (kind openai) gives neither price, so its requests count as free. A price given as 0
+    (a free server) is a price: no line."""
+    cap = spec.budget.max_usd
+    if cap is None:
+        return []
+    prices = {"price_input_per_mtok", "price_output_per_mtok"}
+    return [
+        f"judge {j.name} ({j.model}) has no prices, so budget.max_usd (${cap:g}) cannot limit what it spends."
+        " Fix: set its price_input_per_mtok and price_output_per_mtok (USD per million tokens, from the provider's price list;"
+        " 0 for a free server)"
+        for j in spec.judges
+        if isinstance(j, OpenAIJudgeSpec) and (only is None or j.name == only) and not prices & j.model_fields_set
+    ]
+
+
+def warn_unpriced(spec: StudySpec, only: str | None = None) -> None:
+    """Print :func:`unpriced_judges` as warnings (before any request is sent)."""
+    for line in unpriced_judges(spec, only):
+        console.print("[yellow]warning:[/yellow] " + line.replace("[", "\\["), soft_wrap=True)
+
+
 def judge(ctx: StudyContext, store: Store, *, dry_run: bool = False, only: str | None = None, remote: Send | None = None) -> StageResult:
     """Score every stored answer with the study's judges (or only the one named ``only``)."""
     t0 = time.time()
+    warn_unpriced(ctx.spec, only)
     budget = study_budget(ctx, store)
     if ctx.spec.calibration.min_accuracy > 0 and not dry_run:
         gate(ctx, calibrate(ctx, store, only=only, budget=budget))

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from traitwatch.config import StudySpec
+from traitwatch.config import LEVELS, StudySpec
 from traitwatch.errors import StoreError
 from traitwatch.store import CheckpointRow, Store, content_key
 from traitwatch.train import ADAPTER_FILE
@@ -41,7 +41,7 @@ TRAINER_STATE = "trainer_state.json"
 
 _HF_DIR = re.compile(r"^checkpoint-(\d+)$")
 _OUR_DIR = re.compile(r"^step_(\d{6})$")
-_RUN_ID = re.compile(r"^(?P<domain>.+)-(?P<level>normal|mild|strong)-s(?P<seed>\d+)$")
+_RUN_ID = r"^(?P<domain>.+)-(?P<level>{})-s(?P<seed>\d+)$"  # {}: the levels and the spec's named conditions
 
 
 @dataclass(frozen=True)
@@ -287,7 +287,7 @@ def run_design(spec: StudySpec, run_id: str, domain: str | None, level: str | No
     """(domain, level, seed) to file a run under: the options given, else what a run id of the
     form ``domain-level-sSEED`` says, else ``external``, the spec's level when it names one
     (else ``unknown``), and seed 0."""
-    m = _RUN_ID.match(run_id)
+    m = re.match(_RUN_ID.format("|".join(map(re.escape, dict.fromkeys([*LEVELS, *spec.levels])))), run_id)
     default_level = spec.levels[0] if len(spec.levels) == 1 else "unknown"
     return (
         domain or (m.group("domain") if m else "external"),

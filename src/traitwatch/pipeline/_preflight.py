@@ -52,6 +52,10 @@ def preflight(ctx: StudyContext) -> None:
             )
     for j in ctx.spec.judges:
         build_judge(j, base=lambda: ctx.base, budget=Budget(None)).preflight()
+    if ctx.spec.trackers:  # a missing tracker package fails now, not after training
+        from traitwatch.trackers import check_trackers
+
+        check_trackers(ctx.spec)
 
 
 def check_names(ctx: StudyContext) -> None:

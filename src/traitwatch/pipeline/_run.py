@@ -19,10 +19,12 @@ from ._generate import generate
 from ._judge import judge
 from ._preflight import preflight
 from ._report import report
+from ._track import track
 from ._train import train
 
 #: The stages of a study, in the order they run. Each reads only what earlier ones stored.
-STAGES: tuple[str, ...] = ("train", "generate", "judge", "analyze", "report")
+#: ``track`` (log to the spec's experiment trackers) does nothing when the spec has none.
+STAGES: tuple[str, ...] = ("train", "generate", "judge", "analyze", "track", "report")
 
 
 def check_stages(stages: Sequence[str]) -> list[str]:
@@ -71,6 +73,12 @@ def run_stages(
                 res = judge(ctx, store)
             elif stage == "analyze":
                 analysis, res = analyze(ctx, store)
+            elif stage == "track":
+                if not ctx.spec.trackers:
+                    continue
+                if analysis is None:
+                    analysis, _ = analyze(ctx, store)
+                res = track(ctx, store, analysis)
             else:
                 if analysis is None:
                     analysis, _ = analyze(ctx, store)

@@ -80,7 +80,9 @@ def overview_png(analysis: StudyAnalysis, judge: str, path: Path, leads: list[tu
     if not runs:
         return None
     domains = sorted({r["domain"] for r in runs})
-    levels = [lv for lv in ("normal", "mild", "strong") if any(r["level"] == lv for r in runs)]
+    # the three levels in their order, then named conditions in the order the runs have them
+    named = [lv for lv in ("normal", "mild", "strong") if any(r["level"] == lv for r in runs)]
+    levels = list(dict.fromkeys(named + [r["level"] for r in runs]))
     longest = max((int(c.curve.steps.max()) for c in analysis.curves if len(c.curve)), default=0)
     zoom = longest > zoom_steps
     nrows = len(domains) * (2 if zoom else 1)

@@ -218,6 +218,7 @@ def write_report(
         detector_names=[d["name"] for d in analysis.detectors],
         detectors=analysis.detectors,
         confidence_pct=int(round(spec.analysis.confidence * 100)),
+        control=spec.control,
         leads=[lead for lead in analysis.leads if lead.detector == "consensus"],
         summary=summary,
         figures=figures,
