@@ -5,17 +5,27 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+DEV    := $(VENV)/.installed-dev
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test test-fast lint install browser llama clean
+.PHONY: demo test test-fast lint install dev browser llama clean
 
+# The demo needs the package and the embedded model only; the tests add the dev extra (the
+# real libraries the integrations are tested with: ray, mlflow, tensorboard, wandb, inspect-ai,
+# trl, datasets), which would add minutes to the demo's install.
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev,demo]"
+	$(BIN)/pip install -q -e ".[demo]"
 	touch $(STAMP)
+
+dev: $(DEV)
+
+$(DEV): $(STAMP)
+	$(BIN)/pip install -q -e ".[dev,demo]"
+	touch $(DEV)
 
 demo: install
 	$(BIN)/traitwatch demo
@@ -30,11 +40,11 @@ test: lint browser llama
 # Leaves out the tests marked slow (the kill -9 fault injection, the embedded model, the TCPD
 # benchmark), embedded, browser and llamacpp, and does not lint. Measured: 55 s wall on this
 # 2-core machine when nothing else runs (another CPU-bound process here doubles it).
-test-fast: install
+test-fast: dev
 	$(BIN)/python -m pytest -m "not slow and not embedded and not browser and not llamacpp"
 
 # ruff's lint rules and formatting, and mypy on src/traitwatch (settings in pyproject.toml).
-lint: install
+lint: dev
 	$(BIN)/ruff check src tests bench scripts && $(BIN)/ruff format --check src tests bench scripts && $(BIN)/mypy
 
 # llama-cpp-python's OpenAI-compatible server, for the judge's real-server test. PyPI has no
