@@ -9,6 +9,7 @@ is embedded as JSON with ``<``, ``>`` and ``&`` escaped so no string can close t
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
 from collections import defaultdict
@@ -89,15 +90,18 @@ def _clean(obj: Any) -> Any:
 
 
 def _examples(store: Store, analysis: StudyAnalysis, per_checkpoint: int = 3) -> list[dict[str, Any]]:
-    scores: dict[tuple[str, int, str, str, int], list[tuple[str, float | None]]] = defaultdict(list)
-    for r in store.scores(settings_hash=analysis.settings_hash):
-        scores[(r.run_id, r.step, r.suite, r.question_id, r.sample)].append((f"{r.judge}/{r.trait}", r.score))
+    """A few answers per run at the baseline, the last checkpoint and each consensus onset.
+
+    Reads only those checkpoints (``Store.checkpoint_answers``), never every stored row.
+    """
+    steps_by_run: dict[str, list[int]] = defaultdict(list)
+    for run_id, step, _n in store.answer_checkpoints(settings_hash=analysis.settings_hash):
+        steps_by_run[run_id].append(step)
     out = []
     for run in analysis.runs:
-        gens = store.generations(settings_hash=analysis.settings_hash, run_id=run["run_id"])
-        if not gens:
+        steps = steps_by_run.get(run["run_id"])
+        if not steps:
             continue
-        steps = sorted({g.step for g in gens})
         notes: dict[int, list[str]] = defaultdict(list)
         notes[steps[0]].append("baseline")
         notes[steps[-1]].append("last")
@@ -106,7 +110,9 @@ def _examples(store: Store, analysis: StudyAnalysis, per_checkpoint: int = 3) ->
                 notes[o.step].append(f"{o.trait} onset ({o.judge})")
         cks = []
         for step in sorted(notes):
-            chosen = [g for g in gens if g.step == step][:per_checkpoint]
+            ca = store.checkpoint_answers(run["run_id"], step, settings_hash=analysis.settings_hash)
+            chosen = ca.generations[:per_checkpoint] if ca else []
+            links = ca.judgments if ca else {}
             cks.append(
                 {
                     "step": step,
@@ -115,7 +121,7 @@ def _examples(store: Store, analysis: StudyAnalysis, per_checkpoint: int = 3) ->
                         {
                             "question": g.question,
                             "answer": g.answer,
-                            "scores": sorted(scores[(g.run_id, g.step, g.suite, g.question_id, g.sample)]),
+                            "scores": sorted((f"{judge}/{trait}", j.score) for judge, trait, j in links.get(g.gen_key, [])),
                         }
                         for g in chosen
                     ],
@@ -125,16 +131,87 @@ def _examples(store: Store, analysis: StudyAnalysis, per_checkpoint: int = 3) ->
     return out
 
 
-def _disagreement_rows(store: Store, analysis: StudyAnalysis, per_pair: int = 5) -> list[dict[str, Any]]:
-    texts = {
-        (g.run_id, g.step, g.suite, g.question_id, g.sample): (g.question, g.answer)
-        for g in store.generations(settings_hash=analysis.settings_hash)
-    }
+def _disagreement_rows(store: Store, analysis: StudyAnalysis) -> list[dict[str, Any]]:
+    """The analysis's disagreements with their question and answer text, read one checkpoint at a time."""
+    texts: dict[tuple[str, int, str, str, int], tuple[str, str]] = {}
+    for run_id, step in sorted({(d.run_id, d.step) for d in analysis.disagreements}):
+        ca = store.checkpoint_answers(run_id, step, settings_hash=analysis.settings_hash)
+        for g in ca.generations if ca else []:
+            texts[(g.run_id, g.step, g.suite, g.question_id, g.sample)] = (g.question, g.answer)
     out = []
     for d in analysis.disagreements:
         q, a = texts.get((d.run_id, d.step, d.suite, d.question_id, d.sample), ("", ""))
         out.append(asdict(d) | {"question": q, "answer": a})
     return out
+
+
+def _coverage(store: Store, analysis: StudyAnalysis, answers: dict[tuple[str, int], int]) -> dict[str, Any]:
+    """Judge coverage: per checkpoint and judge, the share of its judged (answer, trait) pairs
+    whose score is None (docs/analysis.md, "Judge coverage"); counted by one SQL aggregate."""
+    counts = store.score_coverage(settings_hash=analysis.settings_hash)
+    judges = sorted({c["judge"] for c in counts})
+    cells: dict[tuple[str, int], dict[str, dict[str, Any]]] = defaultdict(dict)
+    per_run: dict[tuple[str, str], dict[str, Any]] = {}
+    for c in counts:
+        share = c["unscored"] / c["links"] if c["links"] else None
+        cells[(c["run_id"], c["step"])][c["judge"]] = {"unscored": c["unscored"], "links": c["links"], "share": share}
+        agg = per_run.setdefault(
+            (c["judge"], c["run_id"]), {"judge": c["judge"], "run_id": c["run_id"], "links": 0, "unscored": 0, "worst": None}
+        )
+        agg["links"] += c["links"]
+        agg["unscored"] += c["unscored"]
+        if share is not None and (agg["worst"] is None or share > agg["worst"]["share"]):
+            agg["worst"] = {"step": c["step"], "share": share}
+    summary = [r | {"share": r["unscored"] / r["links"] if r["links"] else None} for _, r in sorted(per_run.items())]
+    rows = [{"run_id": k[0], "step": k[1], "answers": answers.get(k, 0), "cells": cells[k]} for k in sorted(cells)]
+    return {"judges": judges, "summary": summary, "rows": rows}
+
+
+def _judge_model(spec: StudySpec, name: str, info: dict[str, Any], base_label: str) -> str:
+    """The judge's model as the report shows it, never None: for a local judge on the study's
+    base model (``source: base``) that model's label; otherwise the judge spec's label."""
+    js = next((j for j in spec.judges if j.name == name), None)
+    local = getattr(js, "local", None)
+    if local is not None and getattr(local, "source", None) == "base":
+        return f"{base_label}, the study's base model"
+    if js is not None:
+        return js.label()
+    model = info.get("model")
+    return str(model) if model is not None else str(info.get("kind") or "unknown model")
+
+
+def _sha256(text: str) -> str:
+    """A CSP source expression for an inline element with exactly this text."""
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
+
+
+#: Inline styles: plotly.js sets style attributes and inserts rules as it draws, which a
+#: hash-only style-src would block, so styles stay inline-allowed. CSS cannot run script, and
+#: with default-src 'none' (images and fonts only as data: URLs) it cannot reach the network.
+STYLE_SOURCES = ("'unsafe-inline'",)
+
+_FIGURES_JS = """
+(function () {
+  var figs = %s;
+  figs.forEach(function (f) { Plotly.newPlot(f.id, f.fig.data, f.fig.layout, {responsive: true, displaylogo: false}); });
+})();
+"""
+
+
+def content_security_policy(scripts: Sequence[str], styles: Sequence[str]) -> str:
+    """The report's CSP: nothing from the network; only the report's own inline scripts (by
+    their SHA-256) run; inline styles as listed (see ``write_report``)."""
+    return "; ".join(
+        [
+            "default-src 'none'",
+            "script-src " + " ".join(_sha256(s) for s in scripts),
+            "style-src " + " ".join(styles),
+            "img-src data:",
+            "font-src data:",
+            "base-uri 'none'",
+            "form-action 'none'",
+        ]
+    )
 
 
 def write_report(
@@ -174,6 +251,9 @@ def write_report(
         by_det[(o.run_id, o.judge, o.trait)][o.detector] = o.step
     summary = [s | {"by_detector": by_det[(s["run_id"], s["judge"], s["trait"])]} for s in analysis.summary]
     spend = store.spend()
+    model_meta = store.get_meta("model")
+    base_label = json.loads(model_meta)["label"] if model_meta else spec.model.label()
+    judge_model = {name: _judge_model(spec, name, info, base_label) for name, info in judges.items()}
     judge_rows = []
     for name, info in judges.items():
         sp = spend.get(name, {"judgments": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0})
@@ -181,7 +261,7 @@ def write_report(
             {
                 "name": name,
                 "kind": info.get("kind"),
-                "model": info.get("model"),
+                "model": judge_model[name],
                 "judgments": sp["judgments"],
                 "tokens": f"{sp['input_tokens']} / {sp['output_tokens']}",
                 "cost": sp["cost_usd"],
@@ -201,19 +281,25 @@ def write_report(
                 "train_last": trainl[-1] if trainl else None,
             }
         )
-    model_meta = store.get_meta("model")
+    answers = {(run_id, step): n for run_id, step, n in store.answer_checkpoints(settings_hash=analysis.settings_hash)}
+    # The CSP allows exactly these inline scripts (by hash), so markup that escaped its element
+    # by mistake cannot run. The bodies are built here, hashed, and placed verbatim.
+    plotly_js = get_plotlyjs().replace("</script", "<\\/script")
+    figures_js = _FIGURES_JS % safe_json(figures)
     env = Environment(loader=PackageLoader("traitwatch.report", "templates"), autoescape=select_autoescape(default=True))
     html = env.get_template("report.html.j2").render(
         study=spec.name,
         generated=time.strftime("%Y-%m-%d %H:%M"),
         version=traitwatch.__version__,
-        model=json.loads(model_meta)["label"] if model_meta else spec.model.label(),
+        csp=content_security_policy([plotly_js, figures_js], STYLE_SOURCES),
+        model=base_label,
         store_path=str(store.path),
-        weak_judges=[{"name": n, "model": i.get("model")} for n, i in judges.items() if i.get("weak")],
+        weak_judges=[{"name": n, "model": judge_model[n]} for n, i in judges.items() if i.get("weak")],
         checkers=[n for n, i in judges.items() if i.get("kind") == "check"],
         n_runs=len(analysis.runs),
         n_checkpoints=sum(len(v) for v in analysis.checkpoints.values()),
-        n_answers=len(store.generations(settings_hash=analysis.settings_hash)),
+        n_answers=sum(answers.values()),
+        coverage=_coverage(store, analysis, answers),
         n_judgments=sum(v["judgments"] for v in spend.values()),
         detector_names=[d["name"] for d in analysis.detectors],
         detectors=analysis.detectors,
@@ -222,7 +308,7 @@ def write_report(
         leads=[lead for lead in analysis.leads if lead.detector == "consensus"],
         summary=summary,
         figures=figures,
-        figures_json=safe_json(figures),
+        figures_js=figures_js,
         pngs=pngs,
         agreement=analysis.agreement,
         disagreements=_disagreement_rows(store, analysis),
@@ -246,7 +332,7 @@ def write_report(
         domains=analysis.domains if any(sum(k.startswith("drift_") for k in r) > 1 for r in analysis.domains) else [],
         domain_cols=sorted({k for r in analysis.domains for k in r if k.startswith(("drift_", "ratio_"))}),
         config_yaml=dump_study(spec),
-        plotly_js=get_plotlyjs().replace("</script", "<\\/script"),
+        plotly_js=plotly_js,
         fmt=_fmt,
         fmt_ci=_fmt_ci,
         fmt_pct=_fmt_pct,

@@ -573,6 +573,20 @@ class Store:
             for r in rows
         }
 
+    def score_coverage(self, *, settings_hash: str) -> list[dict[str, Any]]:
+        """Per (run_id, step, judge), in that order: ``links``, the judge's score links of
+        generations of these settings (one per answer and trait it judged), and ``unscored``,
+        how many of them carry no score (the judgment's score is None). One aggregate query: a
+        paper-scale store is counted without reading its rows (the report's judge coverage)."""
+        rows = self.conn.execute(
+            "SELECT g.run_id AS run_id, g.step AS step, s.judge AS judge, COUNT(*) AS links,"
+            " SUM(CASE WHEN j.score IS NULL THEN 1 ELSE 0 END) AS unscored"
+            " FROM generations g JOIN scores s ON s.gen_key=g.gen_key JOIN judgments j ON j.judgment_key=s.judgment_key"
+            " WHERE g.settings_hash=? GROUP BY g.run_id, g.step, s.judge ORDER BY g.run_id, g.step, s.judge",
+            (settings_hash,),
+        )
+        return [{k: r[k] for k in ("run_id", "step", "judge", "links", "unscored")} for r in rows]
+
     def scores(self, *, settings_hash: str) -> list[ScoreRow]:
         """Every current score: generations of these settings joined to their linked judgments."""
         names = _SCORE_FIELDS
