@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html as html_lib
 import re
 import shutil
 import sqlite3
@@ -44,7 +45,8 @@ PAYLOADS = [
 def _csp(html: str) -> dict[str, list[str]]:
     m = CSP_RE.search(html)
     assert m, "the report has no Content-Security-Policy"
-    return {d.split()[0]: d.split()[1:] for d in (x.strip() for x in m.group(1).split(";")) if d}
+    policy = html_lib.unescape(m.group(1))  # autoescaped like every value: ' is &#39;
+    return {d.split()[0]: d.split()[1:] for d in (x.strip() for x in policy.split(";")) if d}
 
 
 def _sha(text: str) -> str:
@@ -130,8 +132,8 @@ def test_csp_stops_markup_that_escaped_by_mistake(completed_tiny_study: TinyStud
     assert TITLE in dom, "the policy let injected markup run"
     assert 'class="main-svg"' in dom, "plotly did not render: the report's own scripts must run"
     refused = _csp_violations(log)
-    assert any("script" in line for line in refused), "Chromium should report refusing the injected script"
-    assert all("sha256" in line or "script-src" in line or "frame" in line or "default-src" in line for line in refused)
+    for what in ("Executing inline script", "Executing inline event handler", "Running the JavaScript URL"):
+        assert any(what in line for line in refused), f"Chromium should report refusing: {what}"
 
 
 # -- the weak-judge banner -------------------------------------------------------------------
