@@ -6,11 +6,8 @@ module; here it is wrapped in fixtures. Never import this file: ask for the fixt
 
 from __future__ import annotations
 
-import hashlib
 import os
-import sqlite3
 from collections.abc import Callable, Iterator
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRAITWATCH_PROGRESS", "0")
 
 # after the environment above (ruff's E402 allows os.environ changes before imports)
-from tiny import TinyStudy, run_tiny_study, tiny_study_dict, write_study
+from tiny import TinyStudy, folder_digest, run_tiny_study, tiny_study_dict, write_study
 from traitwatch.config import ModelSpec, RandomModelSpec
 from traitwatch.models import LoadedModel, load_model
 
@@ -44,22 +41,6 @@ def tiny_study(tmp_path: Path) -> Path:
     return write_study(tmp_path / "tiny.yaml", tiny_study_dict(tmp_path / "out"))
 
 
-def _digest(folder: Path) -> dict[str, str]:
-    """A hash of every file under ``folder``; an SQLite database is hashed by its content (its
-    WAL included), not its bytes: a mere reader creates and updates the -wal and -shm files."""
-    out = {}
-    for p in sorted(folder.rglob("*")):
-        if not p.is_file() or p.name.endswith(("-wal", "-shm", "-journal")):
-            continue
-        if p.suffix == ".sqlite":
-            with closing(sqlite3.connect(f"{p.as_uri()}?mode=ro", uri=True)) as db:
-                data = "\n".join(db.iterdump()).encode()
-        else:
-            data = p.read_bytes()
-        out[str(p.relative_to(folder))] = hashlib.sha256(data).hexdigest()
-    return out
-
-
 @pytest.fixture(scope="session")
 def completed_tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyStudy]:
     """The tiny study run once per session through the CLI (train, generate, judge, analyze,
@@ -70,9 +51,9 @@ def completed_tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[T
     needs other settings runs its own. Teardown checks that no file of it changed.
     """
     study = run_tiny_study(tmp_path_factory.mktemp("completed-tiny-study"))
-    before = _digest(study.out)
+    before = folder_digest(study.out)
     yield study
-    after = _digest(study.out)
+    after = folder_digest(study.out)
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     assert not changed, f"a test changed the shared completed_tiny_study (use tiny_study_copy): {changed}"
 

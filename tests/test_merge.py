@@ -11,7 +11,6 @@ folders, copied and reduced to one run each, as a job of a split study would hol
 from __future__ import annotations
 
 import csv
-import hashlib
 import shutil
 import sqlite3
 from collections.abc import Callable
@@ -24,7 +23,7 @@ import yaml
 from typer.testing import CliRunner
 
 import traitwatch as tw
-from tiny import TinyStudy, write_study
+from tiny import TinyStudy, folder_digest, write_study
 from traitwatch.cli import app
 from traitwatch.errors import ConfigError
 
@@ -58,21 +57,6 @@ def _placeless(text: str) -> str:
     spec = yaml.safe_load(text)
     spec.pop("output_dir")
     return yaml.safe_dump(spec)
-
-
-def _digest(folder: Path) -> dict[str, str]:
-    """A hash per file; the store by its content (its WAL included, -wal/-shm files left out)."""
-    out = {}
-    for p in sorted(folder.rglob("*")):
-        if not p.is_file() or p.name.endswith(("-wal", "-shm")):
-            continue
-        if p.suffix == ".sqlite":
-            with closing(sqlite3.connect(f"{p.as_uri()}?mode=ro", uri=True)) as db:
-                data = "\n".join(db.iterdump()).encode()
-        else:
-            data = p.read_bytes()
-        out[str(p.relative_to(folder))] = hashlib.sha256(data).hexdigest()
-    return out
 
 
 def _csv(path: Path) -> list[dict[str, str]]:
@@ -177,10 +161,10 @@ def test_a_conflicting_row_is_an_error_naming_it_and_writes_nothing(parts: tuple
 
     merged = tmp_path / "merged"  # a merged study that exists already is left as it was
     _cli("merge", merged, a, b)
-    before = _digest(merged)
+    before = folder_digest(merged)
     res = runner.invoke(app, ["merge", str(merged), str(twin)])
     assert res.exit_code == 2 and "table generations" in res.output
-    assert _digest(merged) == before
+    assert folder_digest(merged) == before
 
 
 def test_parts_of_other_generation_settings_are_an_error_naming_what_differs(parts: tuple[Path, Path], tmp_path: Path) -> None:
@@ -206,17 +190,17 @@ def test_judgments_that_differ_only_in_what_the_judge_said_keep_the_first(parts:
 def test_merging_again_or_after_a_kill_changes_nothing(parts: tuple[Path, Path], tmp_path: Path) -> None:
     out = tmp_path / "merged"
     _cli("merge", out, *parts)
-    first = _digest(out)
+    first = folder_digest(out)
     again = _cli("merge", out, *parts)
     assert "generations: 0 new" in again and "files copied: 0" in again
-    assert _digest(out) == first
+    assert folder_digest(out) == first
     # killed while copying: some files not there yet, one half-written under its temporary name
     shutil.rmtree(_checkpoint_paths(out)[-1])
     meta = out / "runs" / RUNS[0] / "checkpoints" / "step_000000" / "meta.json"
     meta.with_name("meta.json.merge-tmp").write_bytes(meta.read_bytes()[:10])
     meta.unlink()
     _cli("merge", out, *parts)
-    assert _digest(out) == first
+    assert folder_digest(out) == first
 
 
 def test_runs_that_match_no_run_are_an_error_naming_the_runs(completed_tiny_study: TinyStudy, tmp_path: Path) -> None:

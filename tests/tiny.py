@@ -7,8 +7,11 @@ scripts/gen_errors_doc.py also runs, outside pytest) imports it directly.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
+import sqlite3
 import traceback
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,3 +94,19 @@ def run_tiny_study(folder: Path, **overrides: object) -> TinyStudy:
         tb = "".join(traceback.format_exception(*res.exc_info)) if crashed and res.exc_info else ""
         raise AssertionError(f"traitwatch run {study.yaml} exited {res.exit_code}:\n{res.output}{tb}")
     return study
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    """A hash of every file under ``folder``; an SQLite database is hashed by its content (its
+    WAL included), not its bytes: a mere reader creates and updates the -wal and -shm files."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file() or p.name.endswith(("-wal", "-shm", "-journal")):
+            continue
+        if p.suffix == ".sqlite":
+            with closing(sqlite3.connect(f"{p.as_uri()}?mode=ro", uri=True)) as db:
+                data = "\n".join(db.iterdump()).encode()
+        else:
+            data = p.read_bytes()
+        out[str(p.relative_to(folder))] = hashlib.sha256(data).hexdigest()
+    return out

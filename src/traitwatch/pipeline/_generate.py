@@ -27,14 +27,17 @@ from ._plan import evaluated_steps, plan_runs
 Placement = dict[str, Any]
 
 
-def generation_requests(ctx: StudyContext, store: Store, gone: list[str] | None = None) -> list[tuple[GenerationRequest, Placement]]:
+def generation_requests(
+    ctx: StudyContext, store: Store, gone: list[str] | None = None, *, only: set[str] | None = None
+) -> list[tuple[GenerationRequest, Placement]]:
     """Every (checkpoint, question, sample) answer the study needs, with its store fields.
 
     The study's planned runs, and the runs trained elsewhere that the store holds (``info.source``
     import, hf-trainer or watch: ``traitwatch import``, ``TraitwatchCallback``, ``traitwatch
     watch``), each with its stored fingerprint. Other stored runs (a plan changed since) are left out,
     and so are checkpoints of runs trained elsewhere whose adapter file is gone (a trainer's
-    ``save_total_limit`` deletes old ones); their paths are appended to ``gone``. With ``--runs``
+    ``save_total_limit`` deletes old ones); their paths are appended to ``gone``. ``only``: just
+    these run ids (the Ray driver asks for one run's answers as its training returns). With ``--runs``
     (``ctx.runs``), only the runs it matches.
     """
     settings = ctx.settings_hash(store)
@@ -42,7 +45,7 @@ def generation_requests(ctx: StudyContext, store: Store, gone: list[str] | None 
     out = []
     planned = {p.run_id: p.fingerprint for p in plan_runs(ctx.spec, ctx.identity)}
     for run in store.runs():
-        if not ctx.wants(run["run_id"]):
+        if not ctx.wants(run["run_id"]) or (only is not None and run["run_id"] not in only):
             continue
         fingerprint = planned.get(run["run_id"])
         external = fingerprint is None

@@ -90,6 +90,18 @@ def judge_work(ctx: StudyContext, store: Store, judge: Judge, jspec: JudgeSpec) 
     return work, done
 
 
+def kept(
+    judge: Judge, key: str, req: JudgeRequest, res: Judgment, links: dict[str, list[Link]], failures: list[str]
+) -> tuple[JudgmentRow, list[Link]] | None:
+    """A judgment to store with its links, or None for a request that got no answer (its reason
+    goes to ``failures``; left unstored so the next run asks again). Used by ``_send`` and the
+    Ray executor's sender, so both store exactly the same."""
+    if res.failed:
+        failures.append(res.reason or "failed")
+        return None
+    return judgment_row(judge, key, req, res), links[key]
+
+
 def _send(
     judge: Judge,
     todo: list[tuple[str, JudgeRequest]],
@@ -110,13 +122,11 @@ def _send(
             pending.clear()
 
     def on_result(k: int, res: Judgment) -> None:
-        key, req = part[k]
-        if res.failed:  # not an answer: left unstored so the next run asks again
-            failures.append(res.reason or "failed")
-            return
-        pending.append((judgment_row(judge, key, req, res), links[key]))
-        if len(pending) >= judge.flush_every:
-            flush()
+        row = kept(judge, *part[k], res, links, failures)
+        if row is not None:
+            pending.append(row)
+            if len(pending) >= judge.flush_every:
+                flush()
 
     for i in range(0, len(todo), judge.batch_size):
         part[:] = todo[i : i + judge.batch_size]

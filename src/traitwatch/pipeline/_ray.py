@@ -39,7 +39,7 @@ from traitwatch.store import Store
 from . import _ray_tasks as tasks
 from ._context import StageResult, StudyContext
 from ._generate import Placement, answer_row, check_adapter, generation_requests
-from ._judge import Link, Send, judge, judgment_row
+from ._judge import Link, Send, judge, kept
 from ._plan import plan_runs
 from ._train import StoreRecorder
 
@@ -136,7 +136,7 @@ class _TrainGenerate:
         """Submit answer tasks for these runs' checkpoints (every stored run when None)."""
         ctx, store = self.ctx, self.store
         settings = ctx.settings_hash(store)
-        wanted = [(r, m) for r, m in generation_requests(ctx, store) if run_ids is None or m["run_id"] in run_ids]
+        wanted = generation_requests(ctx, store, only=run_ids)
         wanted = [(r, m) for r, m in wanted if r.key not in self.submitted]
         have = store.existing("generations", "gen_key", [r.key for r, _ in wanted])
         todo = [(r, m) for r, m in wanted if r.key not in have]
@@ -213,7 +213,8 @@ def _judge_sender(ctx: StudyContext, cluster: RayCluster, threads: int) -> Send:
         budget: Budget,
         advance: Callable[[int], None],
     ) -> tuple[int, list[str]]:
-        made, failures = 0, []
+        made = 0
+        failures: list[str] = []
         pending = {}
         for i in range(0, len(todo), judge_.batch_size):
             part = todo[i : i + judge_.batch_size]
@@ -221,14 +222,8 @@ def _judge_sender(ctx: StudyContext, cluster: RayCluster, threads: int) -> Send:
         while pending:
             [ref], _ = cluster.ray.wait(list(pending), num_returns=1)
             part = pending.pop(ref)
-            rows = []
-            for (key, req), res in zip(part, cluster.ray.get(ref), strict=True):
-                if res is None:
-                    continue
-                if res.failed:
-                    failures.append(res.reason or "failed")
-                    continue
-                rows.append((judgment_row(judge_, key, req, res), links[key]))
+            results = zip(part, cluster.ray.get(ref), strict=True)
+            rows = [row for (key, req), res in results if res is not None and (row := kept(judge_, key, req, res, links, failures))]
             store.add_judgments([r for r, _ in rows], [link for _, ls in rows for link in ls])
             made += len(rows)
             advance(len(part))
