@@ -86,6 +86,11 @@ def test_import_layouts_runs_folders_and_half_written_checkpoints(tmp_path: Path
     # --run-id names one run; several are here
     res = runner.invoke(app, ["import", str(many), "--study", str(study), "--run-id", "x"])
     assert res.exit_code == 2 and "--run-id names one run" in res.output
+    # a run id names folders and files: a path in it is refused before anything is stored
+    res = runner.invoke(app, ["import", str(many / "hf-run"), "--study", str(study), "--run-id", "../evil"], env={"COLUMNS": "250"})
+    assert res.exit_code == 2 and "'../evil' cannot be a run id" in res.output, res.output
+    with Store(tmp_path / "study" / "study.sqlite", readonly=True) as store:
+        assert "../evil" not in {r["run_id"] for r in store.runs()}
     # the same folder under a name another folder holds is refused
     other = tmp_path / "elsewhere" / "hf-run"
     _checkpoint(other / "checkpoint-1", 1)

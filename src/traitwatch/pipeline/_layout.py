@@ -38,6 +38,8 @@ from traitwatch.train import ADAPTER_FILE
 EXTERNAL_SOURCES = ("import", "hf-trainer", "watch")
 CONFIG_FILE = "adapter_config.json"
 TRAINER_STATE = "trainer_state.json"
+#: A new run id names files and folders (exports, trackers, reports): letters, digits, ``_ . -``.
+_SAFE_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 _HF_DIR = re.compile(r"^checkpoint-(\d+)$")
 _OUR_DIR = re.compile(r"^step_(\d{6})$")
@@ -262,6 +264,13 @@ def identify_run(
     rid = run_id or default_id or folder.name
     stored = runs.get(rid)
     if stored is None:
+        if not _SAFE_RUN_ID.match(rid):
+            raise StoreError(
+                f"'{rid}' cannot be a run id: it names files and folders, so only letters, digits, '_', '.' and '-' "
+                "(up to 128, starting with a letter or digit)",
+                where="--run-id" if run_id is not None else str(folder),
+                fix="name the run with --run-id NAME using those characters",
+            )
         return RunIdentity(rid, content_key(f"{kind}-v1", rid, str(folder)), None)
     if _external_dir(stored) == folder:
         return RunIdentity(rid, str(stored["fingerprint"]), stored)
