@@ -265,12 +265,8 @@ def identify_run(
     stored = runs.get(rid)
     if stored is None:
         if not _SAFE_RUN_ID.match(rid):
-            raise StoreError(
-                f"'{rid}' cannot be a run id: it names files and folders, so only letters, digits, '_', '.' and '-' "
-                "(up to 128, starting with a letter or digit)",
-                where="--run-id" if run_id is not None else str(folder),
-                fix="name the run with --run-id NAME using those characters",
-            )
+            why = f"'{rid}' cannot be a run id: it names files and folders, so only letters, digits, '_', '.', '-' (up to 128)"
+            raise StoreError(why, where="--run-id" if run_id is not None else str(folder), fix="name the run with --run-id NAME")
         return RunIdentity(rid, content_key(f"{kind}-v1", rid, str(folder)), None)
     if _external_dir(stored) == folder:
         return RunIdentity(rid, str(stored["fingerprint"]), stored)
@@ -287,9 +283,7 @@ def _external_dir(run: dict[str, Any]) -> Path | None:
     """The checkpoint folder of a stored run trained elsewhere (None for a run of the study)."""
     info = run.get("info") or {}
     where = info.get("dir") or info.get("output_dir")
-    if info.get("source") not in EXTERNAL_SOURCES or not where:
-        return None
-    return Path(str(where)).resolve()
+    return Path(str(where)).resolve() if info.get("source") in EXTERNAL_SOURCES and where else None
 
 
 def run_design(spec: StudySpec, run_id: str, domain: str | None, level: str | None, seed: int | None) -> tuple[str, str, int]:
