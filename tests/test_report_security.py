@@ -85,7 +85,8 @@ def test_csp_allows_exactly_the_reports_own_scripts(completed_tiny_study: TinySt
     csp = _csp(html)
     assert csp["default-src"] == ["'none'"]
     scripts = SCRIPT_RE.findall(html)
-    assert len(scripts) == 2 and html.count("<script") == 2, "plotly.js and the figure script, nothing else"
+    assert len(scripts) == 2, "plotly.js and the figure script run, nothing else"
+    assert html.count("<script") == 3 and html.count('<script type="application/json" id="tw-data">') == 1, "plus the data, never run"
     assert sorted(csp["script-src"]) == sorted(_sha(s) for s in scripts)
     assert all(s.startswith("'sha256-") for s in csp["script-src"]), "no 'unsafe-inline', no 'unsafe-eval', no host"
     assert csp["base-uri"] == ["'none'"] and csp["form-action"] == ["'none'"]
@@ -108,7 +109,7 @@ def test_crafted_answers_run_nothing_and_own_scripts_run(tiny_study_copy: TinySt
     dom, log = _chromium(html_path, tmp_path / "profile")
     assert TITLE in dom, "a payload changed the page title"
     assert 'class="main-svg"' in dom, "plotly did not render: the report's own scripts must run"
-    assert dom.count("<script") == 2 and "<iframe" not in dom and '<img src="x"' not in dom and "<svg onload" not in dom
+    assert dom.count("<script") == 3 and "<iframe" not in dom and '<img src="x"' not in dom and "<svg onload" not in dom
     assert '<a href="javascript:' not in dom and '&lt;a href="javascript:' in dom
     assert "&lt;/script&gt;&lt;script&gt;document.title=" in dom, "the payload is shown as text"
     assert not _csp_violations(log), _csp_violations(log)

@@ -1,8 +1,9 @@
-"""Paper-style PNG figures (matplotlib) and the interactive figures' data (plotly).
+"""Paper-style PNG figures (matplotlib).
 
-Why both: PNGs go into papers and slides and render anywhere; the HTML report's plotly
-figures let a reader hover to read exact values and CIs. Both draw the same numbers from
-the analysis; neither computes statistics. Figures are made with ``matplotlib.figure.Figure``
+Why PNGs beside the interactive figure: PNGs go into papers and slides and render anywhere
+(the overview is also embedded in the report for readers without JavaScript); the report's
+interactive figure (``_views``) lets a reader pick a view and hover for exact values. Both
+draw the same numbers from the analysis; neither computes statistics. Figures are made with ``matplotlib.figure.Figure``
 directly, not pyplot, so drawing them needs no backend and importing traitwatch never
 switches the user's matplotlib backend (a notebook keeps its inline plots).
 """
@@ -10,9 +11,7 @@ switches the user's matplotlib backend (a notebook keeps its inline plots).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 from matplotlib.figure import Figure
 
 from traitwatch.analysis import StudyAnalysis
@@ -21,7 +20,9 @@ PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e
 
 
 def trait_colors(traits: list[str]) -> dict[str, str]:
-    return {t: PALETTE[i % len(PALETTE)] for i, t in enumerate(sorted(traits))}
+    """One colour per distinct trait, in sorted order (callers pass one name per curve: with
+    repeats counted, every trait got the colour of its last position)."""
+    return {t: PALETTE[i % len(PALETTE)] for i, t in enumerate(sorted(set(traits)))}
 
 
 def _leader_traits(analysis: StudyAnalysis, leads: list[tuple[str, str]]) -> set[str]:
@@ -123,87 +124,3 @@ def overview_png(analysis: StudyAnalysis, judge: str, path: Path, leads: list[tu
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
-
-
-def run_plotly(analysis: StudyAnalysis, run_id: str, judge: str, leads: list[tuple[str, str]]) -> dict[str, Any] | None:
-    """Plotly figure (as a dict) for one run under one judge."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    curves = [c for c in analysis.curves if c.run_id == run_id and c.judge == judge]
-    if not curves:
-        return None
-    colors = trait_colors([c.trait for c in analysis.curves])
-    leaders = _leader_traits(analysis, leads)
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.75, 0.25], vertical_spacing=0.06)
-    for tc in sorted(curves, key=lambda c: c.trait):
-        c = tc.curve
-        x = c.steps.tolist()
-        y = [None if not np.isfinite(v) else float(v) for v in c.mean]
-        if c.lo is not None and c.hi is not None:
-            lo = [None if not np.isfinite(v) else float(v) for v in c.lo]
-            hi = [None if not np.isfinite(v) else float(v) for v in c.hi]
-            fig.add_trace(
-                go.Scatter(
-                    x=x + x[::-1],
-                    y=hi + lo[::-1],
-                    fill="toself",
-                    fillcolor=colors[tc.trait],
-                    opacity=0.15,
-                    line={"width": 0},
-                    hoverinfo="skip",
-                    showlegend=False,
-                ),
-                row=1,
-                col=1,
-            )
-        fig.add_trace(
-            go.Scatter(
-                x=x,
-                y=y,
-                name=tc.trait,
-                mode="lines+markers",
-                line={"color": colors[tc.trait], "dash": "dash" if tc.trait in leaders else "solid"},
-            ),
-            row=1,
-            col=1,
-        )
-        o = analysis.onset(run_id, judge, tc.trait)
-        if o is not None and o.step is not None:
-            fig.add_vline(x=o.step, line={"color": colors[tc.trait], "dash": "dot"}, row=1, col=1)
-            fig.add_annotation(
-                x=o.step,
-                y=100,
-                text=f"onset {tc.trait}",
-                showarrow=False,
-                yshift=8 * sorted(colors).index(tc.trait),
-                font={"size": 10, "color": colors[tc.trait]},
-                row=1,
-                col=1,
-            )
-    for alarm in analysis.alarms:  # the live monitor's alarms: when it knew, on the curve it watched
-        if alarm["run_id"] != run_id or alarm["judge"] != judge or alarm["trait"] not in colors:
-            continue
-        fig.add_vline(x=alarm["step"], line={"color": colors[alarm["trait"]], "dash": "dash", "width": 2}, row=1, col=1)
-        fig.add_annotation(
-            x=alarm["step"],
-            y=92,
-            text=f"ALARM {alarm['trait']} (live)",
-            showarrow=False,
-            font={"size": 10, "color": colors[alarm["trait"]]},
-            row=1,
-            col=1,
-        )
-    ck = analysis.checkpoints.get(run_id, [])
-    held = [(c.step, c.heldout_loss) for c in ck if c.heldout_loss is not None]
-    if held:
-        fig.add_trace(
-            go.Scatter(x=[h[0] for h in held], y=[h[1] for h in held], name="held-out loss", line={"color": "grey"}), row=2, col=1
-        )
-    fig.update_yaxes(title_text="score", range=[-3, 105], row=1, col=1)
-    fig.update_yaxes(title_text="held-out loss", row=2, col=1)
-    fig.update_xaxes(title_text="training step", row=2, col=1)
-    fig.update_layout(
-        height=430, margin={"l": 50, "r": 20, "t": 30, "b": 40}, title={"text": f"{run_id} (judge: {judge})", "font": {"size": 13}}
-    )
-    return fig.to_plotly_json()

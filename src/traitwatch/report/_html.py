@@ -2,8 +2,11 @@
 
 Why these choices: the report travels (email, a shared drive, a paper's supplement), so it
 is one file with plotly.js inlined and no network access (a CSP forbids it). Model outputs
-and dataset text are untrusted: Jinja autoescaping is on for every value, and figure data
-is embedded as JSON with ``<``, ``>`` and ``&`` escaped so no string can close the script.
+and dataset text are untrusted: Jinja autoescaping is on for every value, and the figure's
+data is embedded once as JSON (a ``type="application/json"`` block, never executed) with
+``<``, ``>`` and ``&`` escaped so no string can close its element. One interactive figure,
+drawn by the report's own script from that data (``_views``, ``templates/explorer.js.j2``),
+replaces one figure per run and judge, so the page stays small and fast at paper scale.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from traitwatch.analysis import StudyAnalysis
 from traitwatch.config import StudySpec, dump_study
 from traitwatch.store import Store
 
-from ._figures import overview_png, run_plotly, run_png
+from ._figures import overview_png, run_png
+from ._views import figure_data, level_order
 
 
 def _fmt(v: Any, digits: int = 2) -> str:
@@ -180,6 +184,16 @@ def _judge_model(spec: StudySpec, name: str, info: dict[str, Any], base_label: s
     return str(model) if model is not None else str(info.get("kind") or "unknown model")
 
 
+def _default_run(analysis: StudyAnalysis, control: str | None) -> int:
+    """The run the figure opens on: the first one outside the control condition with a
+    consensus onset (something to see), else the first run."""
+    with_onset = {o.run_id for o in analysis.onsets if o.detector == "consensus" and o.step is not None}
+    for i, r in enumerate(analysis.runs):
+        if r["level"] != control and r["run_id"] in with_onset:
+            return i
+    return 0
+
+
 def _sha256(text: str) -> str:
     """A CSP source expression for an inline element with exactly this text."""
     return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
@@ -190,12 +204,13 @@ def _sha256(text: str) -> str:
 #: with default-src 'none' (images and fonts only as data: URLs) it cannot reach the network.
 STYLE_SOURCES = ("'unsafe-inline'",)
 
-_FIGURES_JS = """
-(function () {
-  var figs = %s;
-  figs.forEach(function (f) { Plotly.newPlot(f.id, f.fig.data, f.fig.layout, {responsive: true, displaylogo: false}); });
-})();
-"""
+#: View names and labels of the figure's first selector, in order (explorer.js.j2 draws each).
+VIEWS = (
+    ("run", "one run: trait curves, onsets, detectors"),
+    ("levels", "levels overlaid: one trait, mean over seeds"),
+    ("seeds", "seeds of one condition and their mean"),
+    ("forest", "lead times: forest plot per run and seed"),
+)
 
 
 def content_security_policy(scripts: Sequence[str], styles: Sequence[str]) -> str:
@@ -229,13 +244,9 @@ def write_report(
     folder.mkdir(parents=True, exist_ok=True)
     leads = [tuple(x) for x in spec.analysis.leads]
     judge_names = sorted({c.judge for c in analysis.curves})
-    figures: list[Any] = []
     pngs: list[Any] = []
     for run in analysis.runs:
         for judge in judge_names:
-            fig = run_plotly(analysis, run["run_id"], judge, leads)  # type: ignore[arg-type]
-            if fig is not None:
-                figures.append({"id": f"fig{len(figures)}", "fig": _clean(fig)})
             png = run_png(analysis, run["run_id"], judge, folder / f"{run['run_id']}__{judge}.png", leads)  # type: ignore[arg-type]
             if png is not None:
                 pngs.append(png.name)
@@ -285,13 +296,14 @@ def write_report(
     # The CSP allows exactly these inline scripts (by hash), so markup that escaped its element
     # by mistake cannot run. The bodies are built here, hashed, and placed verbatim.
     plotly_js = get_plotlyjs().replace("</script", "<\\/script")
-    figures_js = _FIGURES_JS % safe_json(figures)
     env = Environment(loader=PackageLoader("traitwatch.report", "templates"), autoescape=select_autoescape(default=True))
+    explorer_js = env.get_template("explorer.js.j2").render()
+    fig_data = figure_data(analysis, leads, spec.analysis.confidence)  # type: ignore[arg-type]
     html = env.get_template("report.html.j2").render(
         study=spec.name,
         generated=time.strftime("%Y-%m-%d %H:%M"),
         version=traitwatch.__version__,
-        csp=content_security_policy([plotly_js, figures_js], STYLE_SOURCES),
+        csp=content_security_policy([plotly_js, explorer_js], STYLE_SOURCES),
         model=base_label,
         store_path=str(store.path),
         weak_judges=[{"name": n, "model": judge_model[n]} for n, i in judges.items() if i.get("weak")],
@@ -307,8 +319,16 @@ def write_report(
         control=spec.control,
         leads=[lead for lead in analysis.leads if lead.detector == "consensus"],
         summary=summary,
-        figures=figures,
-        figures_js=figures_js,
+        figure_json=safe_json(fig_data),
+        explorer_js=explorer_js,
+        views=VIEWS,
+        fig_runs=fig_data["runs"],
+        fig_default_run=_default_run(analysis, spec.control),
+        fig_domains=fig_data["domains"],
+        fig_levels=level_order(analysis.runs),
+        fig_traits=fig_data["traits"],
+        fig_judges=fig_data["judges"],
+        fig_pairs=fig_data["pairs"],
         pngs=pngs,
         agreement=analysis.agreement,
         disagreements=_disagreement_rows(store, analysis),
