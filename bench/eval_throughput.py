@@ -15,6 +15,13 @@ Generation, three ways, answers/s and generated tokens/s:
       mixed-adapter batches (``adapter_names=[...]``), batch --batch;
   (c) batched: the same batches through traitwatch's stacked LoRA (the hf backend's default,
       traitwatch.generate._stacked), batch --batch.
+  (v) vLLM multi-LoRA: the same prompts (the same token ids) and adapter folders through vLLM's
+      engine with LoRA enabled (max_loras = K), all requests in one call so it schedules them
+      continuously, in a worker process (traitwatch.generate._vllm.VLLMWorker, the vllm
+      backend's) run by --vllm-python: vLLM's CPU build (`make vllm` builds .venv-vllm) or its
+      CUDA build on a GPU. Timed after a one-token warm-up over every adapter (vLLM loads
+      adapters on first use; the other columns load theirs untimed too), engine start-up
+      reported apart. "vllm base": the same prompts on the bare base model in vLLM.
 Roofline per decode step = max(bytes of weights read / measured bandwidth,
 FLOPs / measured matmul rate); achieved = measured decode step time of (c) at batch --batch
 (and of the bare base model at that batch, to show what the adapters cost).
@@ -25,6 +32,8 @@ that runs one forward per judgment over all 101 (prompt + number) sequences; bot
 distribution (checked). Judgments/s and prompt tokens/s vs the matmul limit.
 Training: one LoRA step (tokens/s and model FLOPs utilisation, 6 x params x tokens) and the
 cost of saving an adapter checkpoint every 2 steps (off the training thread) vs never saving.
+
+The last line is the stacked path's ratio to vLLM at the largest K: `stacked vs vllm at K=16: Rx`.
 
 Run: python bench/eval_throughput.py --arch gemma-270m --adapters 1 16 [--device cuda]
 """
@@ -217,6 +226,48 @@ def bench_generation(args, base, device, dtype, adapters: list[str], tmp: Path) 
     return res
 
 
+def vllm_python(arg: str | None) -> str | None:
+    """The Python that runs vLLM: --vllm-python, $TRAITWATCH_VLLM_PYTHON, or the repository's .venv-vllm."""
+    found = arg or os.environ.get("TRAITWATCH_VLLM_PYTHON") or str(Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python")
+    return found if Path(found).is_file() else None
+
+
+def bench_vllm(args, base, dtype, adapters: list[str], tmp: Path) -> dict[str, float]:  # noqa: ANN001
+    """(v): the same prompts and adapters through vLLM's multi-LoRA engine (see the module docstring)."""
+    from traitwatch.generate._vllm import VLLMWorker, lora_rank_limit
+
+    tok = base.tokenizer
+    k = len(adapters)
+    per = args.prompts_per_adapter
+    ids = [list(tok(t)["input_ids"]) for t in prompts(tok, per, args.prompt_len)]  # the ids timed_generate feeds HF
+    base_dir = tmp / "base"
+    if not base_dir.exists():
+        base.model.save_pretrained(base_dir, safe_serialization=True)
+    t = time.perf_counter()
+    with VLLMWorker(
+        str(base_dir),
+        dtype={torch.float32: "float32", torch.bfloat16: "bfloat16"}[dtype],
+        max_loras=k,
+        max_lora_rank=lora_rank_limit(8),
+        max_model_len=args.prompt_len + args.new_tokens + 64,
+        python=args.vllm_python,
+        log=tmp / "vllm.log",
+    ) as w:
+        res = {"vllm_start_s": time.perf_counter() - t}
+        every = [a for a in adapters for _ in range(per)]
+        rows = [x for _ in adapters for x in ids]
+        w.generate(rows, every, [dict(max_tokens=1, temperature=0.0)] * len(rows))  # warm-up: loads every adapter
+        params = [dict(max_tokens=args.new_tokens, temperature=0.0, ignore_eos=True)] * len(rows)
+        t = time.perf_counter()
+        outs = w.generate(rows, every, params)
+        res["vllm_answers_per_s"] = len(rows) / (time.perf_counter() - t)
+        assert all(len(o["token_ids"]) == args.new_tokens for o in outs)
+        t = time.perf_counter()
+        w.generate(rows, [""] * len(rows), params)
+        res["vllm_base_answers_per_s"] = len(rows) / (time.perf_counter() - t)
+    return res
+
+
 @torch.no_grad()
 def naive_exact(base, prompt: list[int], numbers: list[list[int]], digit_cols: torch.Tensor) -> dict[int, float]:  # noqa: ANN001
     """One forward per judgment: all 101 (prompt + number) sequences in one batch, no KV reuse
@@ -316,6 +367,57 @@ def bench_training(args, base, device, tmp: Path) -> dict[str, float]:  # noqa: 
     return res
 
 
+PAPER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # examples/paper.yaml
+
+
+def paper_estimate(args) -> None:  # noqa: ANN001
+    """Bytes and FLOPs of one decode step of the paper-scale run, from the model's real shapes
+    (built on the meta device: no memory, no download) and the stacked-LoRA shapes
+    traitwatch.generate._stacked builds ([K x r, in] and [out, K x r] per adapted layer), and the
+    H100 roofline time per checkpoint. An estimate: nothing runs on a GPU here."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg_kw = dict(ARCHS["qwen2.5-7b"])
+    cfg = AutoConfig.for_model(cfg_kw.pop("architecture"), **cfg_kw)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    k, r, batch, elem = args.paper_adapters, args.paper_rank, args.paper_batch, 2
+    ctx = args.paper_prompt + args.paper_new_tokens // 2  # mean context over an answer
+    emb = model.get_input_embeddings().weight.numel()  # a decode step reads only the rows of its tokens
+    read_params = sum(p.numel() for p in model.parameters()) - emb
+    lora_params = sum(
+        k * r * (m.in_features + m.out_features)
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in PAPER_TARGETS
+    )
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    kv_bytes = batch * ctx * cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * head_dim * elem
+    attn_flops = batch * 4 * cfg.num_hidden_layers * ctx * cfg.num_attention_heads * head_dim
+    bytes_ = {"base weights": read_params * elem, "stacked LoRA": lora_params * elem, "KV cache": kv_bytes}
+    flops = {"base weights": 2 * read_params * batch, "stacked LoRA": 2 * lora_params * batch, "KV cache": attn_flops}
+    bw, peak = args.paper_bandwidth * 1e12, args.paper_tflops * 1e12
+    print(
+        f"\npaper-scale estimate (Qwen2.5-7B shapes, {k} adapters of r={r} on {', '.join(PAPER_TARGETS)}, batch {batch}, "
+        f"mean context {ctx} tokens; H100: {args.paper_bandwidth} TB/s, {args.paper_tflops:.0f} TFLOP/s bf16)"
+    )
+    print(f"{'per decode step':>16} {'GB read':>8} {'GFLOP':>8} {'ms at bandwidth':>16} {'ms at FLOP rate':>16}")
+    for key in bytes_:
+        b_, f_ = bytes_[key], flops[key]
+        print(f"{key:>16} {b_ / 1e9:>8.2f} {f_ / 1e9:>8.0f} {b_ / bw * 1e3:>16.2f} {f_ / peak * 1e3:>16.2f}")
+    tb, tf = sum(bytes_.values()), sum(flops.values())
+    step = max(tb / bw, tf / peak)
+    print(f"{'total':>16} {tb / 1e9:>8.2f} {tf / 1e9:>8.0f} {tb / bw * 1e3:>16.2f} {tf / peak * 1e3:>16.2f}")
+    steps = args.paper_answers * args.paper_new_tokens / batch  # decode steps' worth of rows per checkpoint
+    print(
+        f"roofline: {step * 1e3:.2f} ms per step ({'memory' if tb / bw >= tf / peak else 'compute'}-bound); "
+        f"{args.paper_answers} answers x {args.paper_new_tokens} tokens per checkpoint = {steps:.0f} steps of {batch} rows: "
+        f"{steps * step:.1f} s per checkpoint at the roofline"
+    )
+    for frac in args.paper_fraction:
+        per = steps * step / frac
+        print(f"  at {100 * frac:.0f}% of the roofline: {per:.1f} s per checkpoint, {3600 / per:.0f} checkpoints/hour")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", choices=sorted(ARCHS), default="gemma-270m")
@@ -333,8 +435,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-steps", type=int, default=6)
     ap.add_argument("--train-batch", type=int, default=4)
     ap.add_argument("--train-len", type=int, default=128)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["generation", "judge", "training"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["generation", "vllm", "judge", "training"])
+    ap.add_argument("--vllm-python", default=None, help="Python with vLLM (default $TRAITWATCH_VLLM_PYTHON, else .venv-vllm)")
+    ap.add_argument("--paper-estimate", action="store_true", help="print the paper-scale H100 estimate and exit")
+    ap.add_argument("--paper-adapters", type=int, default=64)
+    ap.add_argument("--paper-rank", type=int, default=32)
+    ap.add_argument("--paper-batch", type=int, default=256)
+    ap.add_argument("--paper-prompt", type=int, default=64, help="prompt tokens (the builtin suites' questions in the chat template)")
+    ap.add_argument("--paper-new-tokens", type=int, default=768, help="answer tokens (examples/paper.yaml's max_new_tokens: a bound)")
+    ap.add_argument("--paper-answers", type=int, default=400, help="answers per checkpoint (2 traits x 20 questions x 10 samples)")
+    ap.add_argument("--paper-bandwidth", type=float, default=3.35, help="TB/s (H100 SXM HBM3)")
+    ap.add_argument("--paper-tflops", type=float, default=990.0, help="dense bf16 TFLOP/s (H100 SXM)")
+    ap.add_argument("--paper-fraction", type=float, nargs="*", default=[], help="fractions of the roofline to convert to time")
     args = ap.parse_args(argv)
+    if args.paper_estimate:
+        paper_estimate(args)
+        return 0
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
@@ -345,9 +461,13 @@ def main(argv: list[str] | None = None) -> int:
     n = sum(p.numel() for p in base.model.parameters())
     wb = weight_bytes(base.model)
     print(f"model: {args.arch} (random weights), {n / 1e6:.0f}M parameters, {wb / 2**30:.2f} GiB of weights in {args.dtype}")
+    args.vllm_python = vllm_python(args.vllm_python) if "vllm" not in args.skip else None
+    vs_vllm: tuple[int, float] | None = None
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if "generation" not in args.skip:
+            if args.vllm_python is None and "vllm" not in args.skip:
+                print("note: no Python with vLLM (make vllm builds .venv-vllm; or --vllm-python): the vllm columns are left out")
             print(
                 f"\ngeneration: prompt {args.prompt_len} tokens, {args.new_tokens} new tokens (EOS ignored), "
                 f"{args.prompts_per_adapter} prompts per checkpoint, batch {args.batch} "
@@ -355,20 +475,33 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(
                 f"{'K':>4} {'naive':>7} {'resident':>9} {'peft mix':>9} {'batched':>8} {'batched':>8} {'(c)/(a)':>8} "
-                f"{'step ms':>8} {'base ms':>8} {'roofline':>9} {'of roof':>8}"
+                f"{'step ms':>8} {'base ms':>8} {'roofline':>9} {'of roof':>8} {'vllm':>7} {'vllm base':>10} {'(c)/(v)':>8}"
             )
-            print(f"{'':>4} {'ans/s':>7} {'ans/s':>9} {'ans/s':>9} {'ans/s':>8} {'tok/s':>8} {'':>8} {'':>8} {'':>8} {'ms':>9} {'':>8}")
+            print(
+                f"{'':>4} {'ans/s':>7} {'ans/s':>9} {'ans/s':>9} {'ans/s':>8} {'tok/s':>8} {'':>8} {'':>8} {'':>8} {'ms':>9} {'':>8} "
+                f"{'ans/s':>7} {'ans/s':>10} {'':>8}"
+            )
             for k in args.adapters:
                 adapters = make_adapters(base, k, tmp / f"k{k}")
                 r = bench_generation(args, base, device, dtype, adapters, tmp)
+                if args.vllm_python is not None:
+                    r.update(bench_vllm(args, base, dtype, adapters, tmp))
+                    vs_vllm = (k, r["batched_answers_per_s"] / r["vllm_answers_per_s"])
+                vcols = (
+                    f"{r['vllm_answers_per_s']:>7.2f} {r['vllm_base_answers_per_s']:>10.2f} {vs_vllm[1] if vs_vllm else 0:>7.2f}x"
+                    if "vllm_answers_per_s" in r
+                    else f"{'-':>7} {'-':>10} {'-':>8}"
+                )
                 ctx = args.prompt_len + args.new_tokens // 2
                 roof = max(wb / (bw * 1e9), decode_flops(base.model, int(r["decode_batch"]), ctx) / (peak * 1e12))
                 print(
                     f"{k:>4} {r['naive_answers_per_s']:>7.2f} {r['resident_answers_per_s']:>9.2f} {r['peft_mixed_answers_per_s']:>9.2f} "
                     f"{r['batched_answers_per_s']:>8.2f} {r['batched_tokens_per_s']:>8.1f} "
                     f"{r['batched_answers_per_s'] / r['naive_answers_per_s']:>8.1f} {r['decode_step_s'] * 1e3:>8.1f} "
-                    f"{r['base_decode_step_s'] * 1e3:>8.1f} {roof * 1e3:>9.1f} {100 * roof / r['decode_step_s']:>7.0f}%"
+                    f"{r['base_decode_step_s'] * 1e3:>8.1f} {roof * 1e3:>9.1f} {100 * roof / r['decode_step_s']:>7.0f}% {vcols}"
                 )
+                if "vllm_start_s" in r:
+                    print(f"{'':>4} (vLLM engine start-up, untimed above: {r['vllm_start_s']:.1f} s)")
         if "judge" not in args.skip:
             print(f"\nlocal judge (exact 0..100 distribution), {args.judgments} judgments of builtin:evil prompts")
             rows = bench_judge(args, base, device)
@@ -394,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"save_every=2 vs no saving: {r['save_every_2']:.2f}s vs {r['no_save']:.2f}s, overhead {r['save_overhead_pct']:.1f}% "
                 f"(training thread waited {r['save_every_2_wait_s']:.3f}s on the writer)"
             )
+    if vs_vllm is not None:
+        print(f"stacked vs vllm at K={vs_vllm[0]}: {vs_vllm[1]:.2f}x")
     return 0
 
 

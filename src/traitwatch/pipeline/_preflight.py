@@ -48,7 +48,7 @@ def preflight(ctx: StudyContext) -> None:
             raise ConfigError(
                 f"generation.backend is vllm but {reason}",
                 where="generation.backend",
-                fix="use backend: hf (the default; any device), or install vllm on a GPU machine",
+                fix="use backend: hf (the default), or name a Python that has vLLM in TRAITWATCH_VLLM_PYTHON (docs/install.md)",
             )
     for j in ctx.spec.judges:
         build_judge(j, base=lambda: ctx.base, budget=Budget(None)).preflight()
