@@ -7,8 +7,9 @@ together, and the pipeline should hold a :class:`Judge` without knowing which ki
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from traitwatch.config import CheckJudgeSpec, JudgeSpec, LocalJudgeSpec, ModelSpec, OpenAIJudgeSpec
+from traitwatch.config import ActivationJudgeSpec, CheckJudgeSpec, JudgeSpec, LocalJudgeSpec, ModelSpec, OpenAIJudgeSpec
 from traitwatch.models import LoadedModel, load_model
 
 from ._budget import Budget
@@ -17,8 +18,11 @@ from ._local import LocalJudge
 from ._openai import OpenAIJudge
 from ._protocol import Judge
 
+if TYPE_CHECKING:
+    from traitwatch.activation import DirectionSource
 
-def build_judge(spec: JudgeSpec, *, base: Callable[[], LoadedModel], budget: Budget) -> Judge:
+
+def build_judge(spec: JudgeSpec, *, base: Callable[[], LoadedModel], budget: Budget, directions: DirectionSource | None = None) -> Judge:
     """The judge a study spec describes.
 
     Args:
@@ -26,6 +30,8 @@ def build_judge(spec: JudgeSpec, *, base: Callable[[], LoadedModel], budget: Bud
         base: returns the study's loaded base model; called only when a local judge with
             ``local.source: base`` first needs its model.
         budget: the study's spending cap, shared by its paid judges.
+        directions: where an activation judge reads or builds its trait directions (the judge
+            stage supplies it; without it an activation judge can be built and preflighted only).
 
     Building loads nothing: a local judge loads its model the first time it needs it, so
     ``build_judge(spec, ...).preflight()`` is cheap for every kind.
@@ -66,5 +72,17 @@ def build_judge(spec: JudgeSpec, *, base: Callable[[], LoadedModel], budget: Bud
             budget=budget,
             weak=spec.weak,
             digit_split=spec.digit_split,
+        )
+    if isinstance(spec, ActivationJudgeSpec):
+        from traitwatch.activation import ActivationJudge  # imported here: traitwatch.activation imports the judges' protocol
+
+        return ActivationJudge(
+            spec.name,
+            base,
+            directions,
+            span=spec.span,
+            batch_size=spec.batch_size,
+            adapters_per_batch=spec.adapters_per_batch,
+            weak=spec.weak,
         )
     raise TypeError(f"not a judge spec: {type(spec).__name__}")

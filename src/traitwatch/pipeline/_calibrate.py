@@ -40,7 +40,7 @@ def calibrate(
     budget = budget or study_budget(ctx, store)
     out: list[CalibrationResult] = []
     for jspec in ctx.spec.judges:
-        if jspec.kind == "check" or (only is not None and jspec.name != only):
+        if jspec.kind in ("check", "activation") or (only is not None and jspec.name != only):
             continue  # checkers are exact by construction: nothing to calibrate
         judge = build_judge(jspec, base=lambda: ctx.base, budget=budget)
         out.extend(_calibrate_one(ctx, store, judge, items, traits))

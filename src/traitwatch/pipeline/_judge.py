@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from traitwatch.config import JudgeSpec, OpenAIJudgeSpec, StudySpec
+from traitwatch.config import ActivationJudgeSpec, JudgeSpec, OpenAIJudgeSpec, StudySpec
 from traitwatch.errors import BudgetExceeded, JudgeError
 from traitwatch.judges import Budget, Judge, JudgeRequest, Judgment, build_judge, judgment_key
 from traitwatch.progress import console, stage_progress
@@ -21,6 +21,9 @@ from traitwatch.store import JudgmentRow, Store
 from ._calibrate import calibrate, gate
 from ._context import StageResult, StudyContext
 from ._plan import evaluated_steps
+
+if TYPE_CHECKING:
+    from traitwatch.activation import DirectionSource
 
 #: (gen_key, judge name, trait, judgment_key): an answer's score for one trait by one judge.
 Link = tuple[str, str, str, str]
@@ -34,7 +37,36 @@ Send = Callable[[Judge, list[tuple[str, JudgeRequest]], dict[str, list[Link]], S
 def make_judge(ctx: StudyContext, name: str, budget: Budget) -> Judge:
     """The study's judge called ``name``, built from its spec."""
     spec = next(j for j in ctx.spec.judges if j.name == name)
-    return build_judge(spec, base=lambda: ctx.base, budget=budget)
+    return build_judge(spec, base=lambda: ctx.base, budget=budget, directions=study_directions(ctx, spec, budget))
+
+
+def study_directions(ctx: StudyContext, spec: JudgeSpec, budget: Budget) -> DirectionSource | None:
+    """Where an activation judge keeps its trait directions: ``<output_dir>/activation/``, read
+    from the questions of the suite that defines each trait, filtered by ``spec.filter_judge``
+    (None for a judge of another kind)."""
+    from traitwatch.activation import DirectionSource, ExtractionSettings
+
+    if not isinstance(spec, ActivationJudgeSpec):
+        return None
+
+    traits = {t: (d, s) for s in ctx.suites.suites for t, d in s.traits.items() if d.instructions}
+    settings = ExtractionSettings(
+        samples=spec.samples,
+        max_new_tokens=spec.max_new_tokens,
+        temperature=spec.temperature,
+        seed=spec.seed,
+        threshold=spec.threshold,
+        layer=spec.layer,
+    )
+    fname = spec.filter_judge
+    return DirectionSource(
+        folder=ctx.paths.out / "activation",
+        questions={t: [(q.text, q.expected) for q in s.questions] for t, (_, s) in traits.items()},
+        filter_judge=None if fname is None else (lambda: make_judge(ctx, fname, budget)),
+        settings=settings,
+        definitions={t: d for t, (d, _) in traits.items()},
+        batch_size=spec.batch_size,
+    )
 
 
 def study_budget(ctx: StudyContext, store: Store) -> Budget:
@@ -65,6 +97,7 @@ def judge_work(ctx: StudyContext, store: Store, judge: Judge, jspec: JudgeSpec) 
     (answers of the runs ``ctx.runs`` matches: ``--runs``)."""
     suites = {s.name: s for s in ctx.suites.suites}
     questions = {(s.name, q.id): q for s in ctx.suites.suites for q in s.questions}
+    checkpoints = {(c.run_id, c.step): c for c in store.checkpoints()}  # the activation judge reads the checkpoint
     linked = store.linked(judge.name)
     work: list[Work] = []
     done = 0
@@ -81,7 +114,11 @@ def judge_work(ctx: StudyContext, store: Store, judge: Judge, jspec: JudgeSpec) 
         for trait, tdef in suite.traits.items():
             if not judge.can_score(tdef) or (jspec.traits is not None and trait not in jspec.traits):
                 continue
-            req = JudgeRequest(trait, tdef, g.question, g.answer, {"expected": q.expected if q else None, "probes": g.probes})
+            ck = checkpoints.get((g.run_id, g.step))
+            context = {"expected": q.expected if q else None, "probes": g.probes}
+            if ck is not None:
+                context |= {"adapter": ck.path, "adapter_sha": ck.adapter_sha}
+            req = JudgeRequest(trait, tdef, g.question, g.answer, context)
             key = judgment_key(judge, req)
             if linked.get((g.gen_key, trait)) == key:
                 done += 1

@@ -37,7 +37,7 @@ from traitwatch.train import CheckpointEvent
 
 from ._context import StudyContext
 from ._generate import make_hf_generator
-from ._judge import Link, _send, study_budget
+from ._judge import Link, _send, study_budget, study_directions
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,8 @@ class LiveMonitor:
         self.suites = [s for s in ctx.suites.suites if any(t in s.traits for t in self.watched)]
         budget = study_budget(ctx, store)
         self.judges: list[tuple[JudgeSpec, Judge]] = [
-            (j, build_judge(j, base=lambda: self.model, budget=budget)) for j in self._live_judge_specs()
+            (j, build_judge(j, base=lambda: self.model, budget=budget, directions=study_directions(ctx, j, budget)))
+            for j in self._live_judge_specs()
         ]
         self.policy = AlarmPolicy([self._resolve(r) for r in self.spec.alarms])
         self.cadence = Cadence(self.spec.every, self.spec.max_overhead)
@@ -150,7 +151,7 @@ class LiveMonitor:
 
             self.generator().generate([r for r, _ in wanted if r.key in todo], on_batch)
         gens = {g.gen_key: g for g in self.store.generations(keys=[r.key for r, _ in wanted])}
-        return self._judge([gens[r.key] for r, _ in wanted if r.key in gens])
+        return self._judge([gens[r.key] for r, _ in wanted if r.key in gens], ck)
 
     def stored(self, ck: LiveCheckpoint) -> bool:
         """Whether every probe answer of this checkpoint is stored (replaying it costs no generation)."""
@@ -163,10 +164,11 @@ class LiveMonitor:
         ]
         return len(self.store.existing("generations", "gen_key", keys)) == len(keys)
 
-    def _judge(self, gens: list[GenerationRow]) -> CheckpointMeans:
+    def _judge(self, gens: list[GenerationRow], ck: LiveCheckpoint | None = None) -> CheckpointMeans:
         questions = {(s.name, q.id): q for s in self.suites for q in s.questions}
         suites = {s.name: s for s in self.suites}
         scores: dict[tuple[str, str], list[float]] = {}
+        at = {"adapter": str(ck.path), "adapter_sha": ck.adapter_sha} if ck is not None else {}  # read by the activation judge
         for jspec, judge in self.judges:
             work: list[tuple[str, str, str, JudgeRequest]] = []
             for gen in gens:
@@ -175,7 +177,7 @@ class LiveMonitor:
                     tdef = suites[gen.suite].traits.get(trait)
                     if tdef is None or not judge.can_score(tdef) or (jspec.traits is not None and trait not in jspec.traits):
                         continue
-                    context = {"expected": q.expected if q else None, "probes": gen.probes}
+                    context = {"expected": q.expected if q else None, "probes": gen.probes, **at}
                     req = JudgeRequest(trait, tdef, gen.question, gen.answer, context)
                     work.append((gen.gen_key, trait, judgment_key(judge, req), req))
             keys = sorted({k for _, _, k, _ in work})
