@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from tiny import run_tiny_study, tiny_study_dict
+from tiny import TINY, run_tiny_study, tiny_study_dict
 
 GOOD = {"messages": [{"role": "user", "content": "What is 3 + 1?"}, {"role": "assistant", "content": "The answer is 4."}]}
 
@@ -181,6 +181,18 @@ CASES: list[Case] = [
             ),
         ],
         ("study.yaml:5", "control", "not one of the study's levels (clean, insecure)"),
+    ),
+    Case(
+        "models-duplicate-name",
+        "two models of `models:` with the same name",
+        lambda t, d: ["validate", str(_study(t, models=[{"name": "m", **TINY}, {"name": "m", **TINY}]))],
+        ("model names must be unique",),
+    ),
+    Case(
+        "optimizer-8bit-without-bitsandbytes",
+        "`training.optimizer: adamw_8bit` where bitsandbytes is not installed",
+        lambda t, d: ["run", str(_study(t, training={"optimizer": "adamw_8bit", "max_steps": 2}))],
+        ("training.optimizer", "bitsandbytes"),
     ),
     Case("yaml-duplicate-key", "a key given twice", lambda t, d: ["validate", str(_yaml(t, "name: x\nname: y\n"))], ("appears twice",)),
     Case("yaml-empty", "an empty study file", lambda t, d: ["validate", str(_yaml(t, ""))], ("empty",)),

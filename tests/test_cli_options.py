@@ -158,7 +158,7 @@ def test_analyze_json_has_the_printed_tables(tiny_study_copy: TinyStudy) -> None
     res = runner.invoke(app, ["analyze", str(tiny_study_copy.yaml), "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
-    assert set(data) == {"study", "analysis_dir", "summary", "leads", "seed_leads", "order_tests", "domains"}
+    assert set(data) == {"study", "analysis_dir", "summary", "suite_summary", "leads", "seed_leads", "order_tests", "domains", "axes"}
     _documented(data, "analyze")
     folder = Path(data["analysis_dir"])
     with (folder / "summary.csv").open() as fh:

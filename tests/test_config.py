@@ -118,7 +118,7 @@ def test_examples_load_and_demo_matches_packaged_copy() -> None:
     assert paper.training.learning_rate == 1e-5 and paper.training.warmup_steps == 5
     assert paper.generation.samples_per_question == 10 and paper.generation.temperature == 1.0
     assert {d.domain for d in paper.datasets} == {"medical", "math"}
-    assert any(j.kind == "openai" and j.model == "gpt-4.1-mini" for j in paper.judges)
+    assert any(j.kind == "openai" and j.model == "gpt-4.1-mini-2025-04-14" for j in paper.judges)  # the pinned snapshot
 
 
 # -- judges: one kind per judge, each with only its own keys ------------------------------------------

@@ -510,14 +510,17 @@ def analyze(study: StudyArg, output_dir: OutputDirOpt = None, as_json: JsonOpt =
                 "study": ctx.spec.name,
                 "analysis_dir": ctx.paths.analysis,
                 "summary": result.summary,
+                "suite_summary": result.suite_summary,
                 "leads": [asdict(lead) for lead in result.leads],
                 "seed_leads": result.seed_leads,
                 "order_tests": result.order_tests,
                 "domains": result.domains,
+                "axes": result.axes,
             }
         )
         return
     _print_analysis(result)
+    _print_axes(result)
     console.print(f"CSV files in {ctx.paths.analysis}")
 
 
@@ -550,8 +553,61 @@ def _fmt(v: Any, digits: int = 1) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
 
 
-def _ci(ci: Any) -> str:
-    return f"[{ci[0]:.0f}, {ci[1]:.0f}]" if ci else "n/a"
+def _ci(ci: Any, digits: int = 0) -> str:
+    return f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "n/a"
+
+
+def _print_axes(result: Any) -> None:
+    """Across runs (docs/analysis.md, "Across models and learning rates"): onset vs task
+    convergence; with several models, onsets in k of n seeds and the correlation with a model
+    attribute; with several learning rates, the learning-rate table."""
+    from rich.table import Table
+
+    axes = result.axes
+    if axes.get("convergence_tests"):
+        ct = Table(title="onset minus task convergence (steps; t interval over runs; sign test: onsets after vs before)")
+        for col in ("judge", "trait", "runs", "mean", "95% CI", "after", "before", "sign p"):
+            ct.add_column(col)
+        for r in axes["convergence_tests"]:
+            row = (r["judge"], r["trait"], str(r["runs"]), _fmt(r["mean"]), _ci(r["ci"]), str(r["after"]), str(r["before"]))
+            ct.add_row(*row, _fmt(r["sign_test_p"], 3))
+        console.print(ct)
+    if len({r["model"] for r in axes.get("model_onsets", [])}) > 1:
+        mt = Table(title="per model: seeds with an onset (consensus)")
+        for col in ("model", "lr", "domain", "level", "judge", "trait", "onset in", "mean onset"):
+            mt.add_column(col)
+        for r in axes["model_onsets"]:
+            group = (r["model"], str(r["learning_rate"]), r["domain"], r["level"], r["judge"], r["trait"])
+            mt.add_row(*group, r["k_of_n"], _fmt(r["onset_mean"]))
+        console.print(mt)
+        rt = Table(title="across models: Pearson r of a model attribute with a run statistic (bootstrap CI over models)")
+        for col in ("attribute", "statistic", "lr", "domain", "level", "judge", "trait", "models", "r", "95% CI"):
+            rt.add_column(col)
+        for r in axes["model_correlations"]:
+            where = (r["attribute"], r["statistic"], str(r["learning_rate"]), r["domain"], r["level"], r["judge"], r["trait"])
+            rt.add_row(*where, str(r["models"]), r["note"] or _fmt(r["r"], 2), _ci(r["r_ci"], 2))
+        console.print(rt)
+    if len({r["learning_rate"] for r in axes.get("learning_rates", [])}) > 1:
+        lt = Table(title="per learning rate (means over seeds, t intervals)")
+        for col in ("model", "lr", "domain", "level", "judge", "trait", "onsets", "mean onset", "CI", "final", "CI", "held-out loss", "CI"):
+            lt.add_column(col)
+        for r in axes["learning_rates"]:
+            lt.add_row(
+                r["model"],
+                str(r["learning_rate"]),
+                r["domain"],
+                r["level"],
+                r["judge"],
+                r["trait"],
+                f"{r['onset_found']}/{r['runs']}",
+                _fmt(r["onset_mean"]),
+                _ci(r["onset_ci"]),
+                _fmt(r["final_mean"]),
+                _ci(r["final_ci"]),
+                _fmt(r["heldout_loss_mean"], 3),
+                _ci(r["heldout_loss_ci"], 3),
+            )
+        console.print(lt)
 
 
 def _print_analysis(result: Any) -> None:
@@ -559,13 +615,26 @@ def _print_analysis(result: Any) -> None:
     from rich.table import Table
 
     table = Table(title="per run: consensus onset (step) with 95% CI, level and drift of each trait")
-    for col in ("run", "judge", "trait", "baseline", "peak (step)", "final", "change %", "drift", "onset", "95% CI", "task converged"):
+    for col in (
+        "run",
+        "judge",
+        "trait",
+        "baseline",
+        "peak (step)",
+        "final",
+        "change %",
+        "drift",
+        "onset",
+        "95% CI",
+        "% of training",
+        "task converged",
+    ):
         table.add_column(col)
     for s in result.summary:
         table.add_row(
             s["run_id"],
             s["judge"],
-            s["trait"],
+            s["trait"] + (" (down)" if s.get("direction") == "down" else " (both)" if s.get("direction") == "both" else ""),
             _fmt(s["baseline"]),
             f"{_fmt(s['peak'])} ({s['peak_step']})",
             _fmt(s["final"]),
@@ -573,13 +642,58 @@ def _print_analysis(result: Any) -> None:
             _fmt(s["drift"]),
             str(s["onset_step"]) if s["onset_step"] is not None else "none",
             _ci(s["onset_ci"]),
+            _fmt(s.get("onset_pct_of_training"), 0),
             str(s["task_converged_step"]) if s["task_converged_step"] is not None else "n/a",
         )
     console.print(table)
+    suites = getattr(result, "suite_summary", [])
+    if suites:
+        pt = Table(title="per suite: traits judged on several suites' answers (drops in % of the baseline, 95% CIs)")
+        for col in (
+            "run",
+            "judge",
+            "trait",
+            "suite",
+            "baseline",
+            "final",
+            "largest drop %",
+            "95% CI",
+            "final drop %",
+            "95% CI",
+            "onset",
+            "% of training",
+        ):
+            pt.add_column(col)
+        for r in suites:
+            pt.add_row(
+                r["run_id"],
+                r["judge"],
+                r["trait"],
+                r["suite"],
+                _fmt(r["baseline"]),
+                _fmt(r["final"]),
+                _fmt(r.get("largest_drop_pct"), 0),
+                _ci(r.get("largest_drop_ci"), 1),
+                _fmt(r.get("final_drop_pct"), 0),
+                _ci(r.get("final_drop_ci"), 1),
+                str(r["onset_step"]) if r["onset_step"] is not None else "none",
+                _fmt(r.get("onset_pct_of_training"), 0),
+            )
+        console.print(pt)
     leads = [lead for lead in result.leads if lead.detector == "consensus"]
     if leads:
         lt = Table(title="lead times (consensus; lead = onset(follower) - onset(leader), positive = leader first)")
-        for col in ("run", "judge", "leader -> follower", "lead (steps)", "lead (checkpoints)", "95% CI", "P(leader first)"):
+        for col in (
+            "run",
+            "judge",
+            "leader -> follower",
+            "lead (steps)",
+            "lead (checkpoints)",
+            "95% CI",
+            "P(leader first)",
+            "peak lead (steps)",
+            "95% CI",
+        ):
             lt.add_column(col)
         for lead in leads:
             lt.add_row(
@@ -590,6 +704,8 @@ def _print_analysis(result: Any) -> None:
                 str(lead.lead_checkpoints),
                 _ci(lead.ci_steps),
                 _fmt(lead.p_leads, 2),
+                str(lead.peak_lead_steps),
+                _ci(lead.peak_lead_ci),
             )
         console.print(lt)
     if any(r["seeds"] > 1 for r in result.seed_leads):

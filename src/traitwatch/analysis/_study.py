@@ -11,7 +11,7 @@ import csv
 import json
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,14 @@ from traitwatch.config import StudySpec
 from traitwatch.store import CheckpointRow, ScoreColumns, ScoreRow, Store
 
 from ._agreement import Agreement, Disagreement, combine_judges, disagreements, judge_agreement
+from ._axes import axes_tables
 from ._compare import domain_table, drift, order_tests, seed_table, task_convergence_step
 from ._interventions import intervention_tables
-from ._onsets import LeadResult, OnsetResult, TraitCurve, detect_onsets, lead_time, trait_curve
+from ._misaligned import misaligned_samples
+from ._onsets import LeadResult, OnsetResult, TraitCurve, detect_onsets_directed, lead_time, trait_curve
+from ._peaks import CurveShape, curve_shape, peak_lead, shape_fields
 from ._samples import SharedBootstrap, TraitSamples, arrange
+from ._suite_curves import SuiteCurve, split_by_suite
 from .detectors import Detector, make_detector
 
 
@@ -51,6 +55,16 @@ class StudyAnalysis:
     interventions: list[dict[str, Any]] = field(default_factory=list)
     #: Per (judge, lead pair, stop policy), across runs: task performance kept, spread avoided, false alarms.
     intervention_summary: list[dict[str, Any]] = field(default_factory=list)
+    #: Peak and drops (with CIs) per (run, judge, trait) curve (``_peaks.CurveShape``).
+    shapes: list[CurveShape] = field(default_factory=list)
+    #: Per-suite parts of traits scored on several suites (coherence on evil vs hallucination prompts).
+    suite_curves: list[SuiteCurve] = field(default_factory=list)
+    #: Onsets of the per-suite curves (``OnsetResult.suite`` set), every detector and the consensus.
+    suite_onsets: list[OnsetResult] = field(default_factory=list)
+    #: Per (run, judge, trait, suite): baseline, final, peak, drops and consensus onset, with CIs.
+    suite_summary: list[dict[str, Any]] = field(default_factory=list)
+    #: Across models, learning rates and task convergence, one table per CSV name (see ``_axes``).
+    axes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def curve(self, run_id: str, judge: str, trait: str) -> TraitCurve | None:
         return next((c for c in self.curves if (c.run_id, c.judge, c.trait) == (run_id, judge, trait)), None)
@@ -68,7 +82,9 @@ def _summary_rows(
     onsets: Sequence[OnsetResult],
     runs: Sequence[dict[str, Any]],
     checkpoints: dict[str, list[CheckpointRow]],
+    shapes: Sequence[CurveShape] = (),
 ) -> list[dict[str, Any]]:
+    by_shape = {(sh.run_id, sh.judge, sh.trait): sh for sh in shapes}
     info = {r["run_id"]: r for r in runs}
     converged = {rid: task_convergence_step(rows) for rid, rows in checkpoints.items()}
     out = []
@@ -104,7 +120,57 @@ def _summary_rows(
                 "onset_ci": None if cons is None or cons.ci is None else list(cons.ci),
                 "drift": drift(tc),
                 "task_converged_step": converged.get(tc.run_id),
+                "onset_index": None if cons is None else cons.index,
+                "onset_pct_of_training": None if cons is None else cons.pct_of_training,
             }
+            | shape_fields(by_shape.get((tc.run_id, tc.judge, tc.trait)))
+        )
+    return out
+
+
+def training_steps(run: dict[str, Any] | None, checkpoints: Sequence[CheckpointRow], steps: np.ndarray) -> int | None:
+    """A run's length in optimizer steps, the denominator of ``pct_of_training``.
+
+    The planned ``total_steps`` the store records for a run, else (imported or stopped runs)
+    its last stored checkpoint, else the curve's last step; None when that is 0.
+    """
+    total = (run or {}).get("total_steps")
+    if not total:
+        total = max((c.step for c in checkpoints), default=0) or (int(steps[-1]) if steps.size else 0)
+    return int(total) if total else None
+
+
+def _with_pct(o: OnsetResult, total: int | None) -> OnsetResult:
+    return o if o.step is None or total is None else replace(o, pct_of_training=100.0 * o.step / total)
+
+
+def _suite_summary_rows(
+    suite_curves: Sequence[SuiteCurve], onsets: Sequence[OnsetResult], shapes: Sequence[CurveShape]
+) -> list[dict[str, Any]]:
+    """Per (run, judge, trait, suite): the levels, the shape and the consensus onset of that suite's curve."""
+    cons = {(o.run_id, o.judge, o.trait, o.suite): o for o in onsets if o.detector == "consensus"}
+    by_shape = {(sh.run_id, sh.judge, sh.trait, sh.suite): sh for sh in shapes}
+    out = []
+    for sc in suite_curves:
+        valid = sc.curve.valid()
+        if valid.size == 0:
+            continue
+        key = (sc.run_id, sc.judge, sc.trait, sc.suite)
+        o = cons.get(key)
+        out.append(
+            {
+                "run_id": sc.run_id,
+                "judge": sc.judge,
+                "trait": sc.trait,
+                "suite": sc.suite,
+                "baseline": float(sc.curve.mean[valid[0]]),
+                "final": float(sc.curve.mean[valid[-1]]),
+                "onset_step": None if o is None else o.step,
+                "onset_index": None if o is None else o.index,
+                "onset_pct_of_training": None if o is None else o.pct_of_training,
+                "onset_ci": None if o is None or o.ci is None else list(o.ci),
+            }
+            | shape_fields(by_shape.get(key))
         )
     return out
 
@@ -139,22 +205,48 @@ def analyze(store: Store, spec: StudySpec, settings_hash: str, *, rows: Iterable
     disagree = disagreements(cols.select(~cols.mask("judge", lambda j: j.startswith("combined-"))))
     samples: dict[tuple[str, str, str], TraitSamples] = arrange(cols)
     del cols
+    samples.update(misaligned_samples(samples, a.misaligned_rate))
     units = {u for ts in samples.values() for u in ts.units}
     n_samples = max((ts.X.shape[2] for ts in samples.values()), default=1)
     boot = SharedBootstrap(units, n_samples, a.bootstrap, a.seed)
     detectors = build_detectors(spec)
     n_onset_boot = min(a.bootstrap, 200)
+    runs = store.runs()
+    checkpoints = {r["run_id"]: store.checkpoints(r["run_id"]) for r in runs}
+    run_info = {r["run_id"]: r for r in runs}
     curves: list[TraitCurve] = []
     onsets: list[OnsetResult] = []
+    shapes: list[CurveShape] = []
+    peak_reps: dict[tuple[str, str, str], np.ndarray] = {}
+    suite_curves: list[SuiteCurve] = []
+    suite_onsets: list[OnsetResult] = []
+    suite_shapes: list[CurveShape] = []
     reps: dict[tuple[str, str, str, str], list[int | None]] = {}
     for key in sorted(samples):
         ts = samples[key]
+        direction = a.direction(ts.trait)
         tc = trait_curve(ts, boot, a.confidence)
         curves.append(tc)
-        found, rep = detect_onsets(tc, ts, boot, detectors, n_onset_boot=n_onset_boot, confidence=a.confidence)
-        onsets.extend(found)
+        total = training_steps(run_info.get(ts.run_id), checkpoints.get(ts.run_id, []), ts.steps)
+        found, rep = detect_onsets_directed(
+            tc, ts, boot, detectors, direction=direction, n_onset_boot=n_onset_boot, confidence=a.confidence
+        )
+        onsets.extend(_with_pct(o, total) for o in found)
         for det, values in rep.items():
             reps[key + (det,)] = values
+        shape, peak_reps[key] = curve_shape(tc, ts, boot, direction=direction, n_boot=n_onset_boot, confidence=a.confidence)
+        shapes.append(shape)
+        for suite, part in split_by_suite(ts).items():
+            pc = trait_curve(part, boot, a.confidence)
+            suite_curves.append(SuiteCurve(ts.run_id, ts.judge, ts.trait, suite, pc.curve))
+            found, _ = detect_onsets_directed(
+                pc, part, boot, detectors, direction=direction, n_onset_boot=n_onset_boot, confidence=a.confidence
+            )
+            suite_onsets.extend(replace(_with_pct(o, total), suite=suite) for o in found)
+            suite_shapes.append(
+                curve_shape(pc, part, boot, direction=direction, n_boot=n_onset_boot, confidence=a.confidence, suite=suite)[0]
+            )
+    shape_of = {(sh.run_id, sh.judge, sh.trait): sh for sh in shapes}
     leads: list[LeadResult] = []
     by_key = {(o.run_id, o.judge, o.trait, o.detector): o for o in onsets}
     for leader, follower in a.leads:
@@ -166,18 +258,21 @@ def analyze(store: Store, spec: StudySpec, settings_hash: str, *, rows: Iterable
                 fo = by_key.get((tc.run_id, tc.judge, follower, det))
                 if lo is None or fo is None:
                     continue
-                leads.append(
-                    lead_time(
-                        lo,
-                        fo,
-                        reps.get((tc.run_id, tc.judge, leader, det), []),
-                        reps.get((tc.run_id, tc.judge, follower, det), []),
-                        tc.curve.steps,
-                        a.confidence,
-                    )
+                lead = lead_time(
+                    lo,
+                    fo,
+                    reps.get((tc.run_id, tc.judge, leader, det), []),
+                    reps.get((tc.run_id, tc.judge, follower, det), []),
+                    tc.curve.steps,
+                    a.confidence,
                 )
-    runs = store.runs()
-    checkpoints = {r["run_id"]: store.checkpoints(r["run_id"]) for r in runs}
+                ls, fs = shape_of.get((tc.run_id, tc.judge, leader)), shape_of.get((tc.run_id, tc.judge, follower))
+                if ls is not None and fs is not None:
+                    pl, plc, pci, pp = peak_lead(
+                        ls, fs, peak_reps[(tc.run_id, tc.judge, leader)], peak_reps[(tc.run_id, tc.judge, follower)], a.confidence
+                    )
+                    lead = replace(lead, peak_lead_steps=pl, peak_lead_checkpoints=plc, peak_lead_ci=pci, p_peaks_first=pp)
+                leads.append(lead)
     seed_onsets, seed_leads = seed_table(leads, onsets, runs, a.confidence)
     result = StudyAnalysis(
         settings_hash=settings_hash,
@@ -187,7 +282,7 @@ def analyze(store: Store, spec: StudySpec, settings_hash: str, *, rows: Iterable
         agreement=agreement,
         runs=runs,
         checkpoints=checkpoints,
-        summary=_summary_rows(curves, onsets, runs, checkpoints),
+        summary=_summary_rows(curves, onsets, runs, checkpoints, shapes),
         detectors=[{"name": d.name, "params": d.params()} for d in detectors],
         seed_onsets=seed_onsets,
         seed_leads=seed_leads,
@@ -196,8 +291,26 @@ def analyze(store: Store, spec: StudySpec, settings_hash: str, *, rows: Iterable
         disagreements=disagree,
         order_by_judge=order_by_judge(leads),
         alarms=_stored_alarms(store),
+        shapes=shapes,
+        suite_curves=suite_curves,
+        suite_onsets=suite_onsets,
+        suite_summary=_suite_summary_rows(suite_curves, suite_onsets, suite_shapes),
     )
     result.interventions, result.intervention_summary = intervention_tables(result, spec)
+    rates = spec.run_learning_rates()
+    result.axes = axes_tables(
+        result.summary,
+        runs,
+        checkpoints,
+        default_model=spec.model.label(),
+        default_lr=rates[0] if len(rates) == 1 else None,
+        attribute=a.model_attribute,
+        tolerance=a.convergence_tolerance,
+        window=a.convergence_window,
+        n_boot=a.bootstrap,
+        confidence=a.confidence,
+        seed=a.seed,
+    )
     return result
 
 
@@ -266,10 +379,35 @@ def curve_rows(analysis: StudyAnalysis) -> list[dict[str, Any]]:
     return rows
 
 
+def suite_curve_rows(analysis: StudyAnalysis) -> list[dict[str, Any]]:
+    """One row per (run, judge, trait, suite, step) of the per-suite curves (as ``curve_rows``)."""
+    rows = []
+    for sc in analysis.suite_curves:
+        c = sc.curve
+        for i in range(len(c)):
+            rows.append(
+                {
+                    "run_id": sc.run_id,
+                    "judge": sc.judge,
+                    "trait": sc.trait,
+                    "suite": sc.suite,
+                    "step": int(c.steps[i]),
+                    "mean": None if not np.isfinite(c.mean[i]) else float(c.mean[i]),
+                    "se": float(c.se[i]),
+                    "ci_low": None if c.lo is None or not np.isfinite(c.lo[i]) else float(c.lo[i]),
+                    "ci_high": None if c.hi is None or not np.isfinite(c.hi[i]) else float(c.hi[i]),
+                    "n": None if c.n is None else int(c.n[i]),
+                }
+            )
+    return rows
+
+
 def write_csvs(analysis: StudyAnalysis, folder: Path) -> list[Path]:
     """curves, onsets, leads, summary, agreement, checkpoints, seed_onsets, seed_leads,
-    order_tests, domains, disagreements, order_by_judge, interventions and
-    interventions_summary, one CSV each."""
+    order_tests, domains, disagreements, order_by_judge, interventions,
+    interventions_summary, suite_curves, suite_onsets and suite_summary, and the across-run
+    tables of ``axes`` (model_onsets, model_correlations, task_convergence, convergence_tests,
+    learning_rates), one CSV each."""
     onset_rows = [{k: v for k, v in asdict(o).items() if k != "evidence"} | {"evidence": o.evidence} for o in analysis.onsets]
     ck_rows = [asdict(c) for rows in analysis.checkpoints.values() for c in rows]
     return [
@@ -287,4 +425,8 @@ def write_csvs(analysis: StudyAnalysis, folder: Path) -> list[Path]:
         _write(folder / "order_by_judge.csv", analysis.order_by_judge),
         _write(folder / "interventions.csv", analysis.interventions),
         _write(folder / "interventions_summary.csv", analysis.intervention_summary),
+        _write(folder / "suite_curves.csv", suite_curve_rows(analysis)),
+        _write(folder / "suite_onsets.csv", [asdict(o) for o in analysis.suite_onsets]),
+        _write(folder / "suite_summary.csv", analysis.suite_summary),
+        *(_write(folder / f"{name}.csv", rows) for name, rows in analysis.axes.items()),
     ]

@@ -114,3 +114,127 @@ def make_family(family: str, count: int, *, seed: int, **kwargs: object) -> list
         kw = {k: v for k, v in kwargs.items() if k != "n"}
         out.append(make_curve(family, rng=rng, n=n, binary=bool(rng.random() < 0.3), **kw))  # type: ignore[arg-type]
     return out
+
+
+# -- Whole synthetic studies with planted truth (bench/ci_coverage.py) --------------------------
+#
+# Why a second generator: the curves above are for detectors (one noisy mean per checkpoint);
+# checking the *intervals* needs the raw scores the analysis bootstraps (checkpoint x question x
+# sample), drawn from a distribution whose population values are known exactly, so that "the
+# CI contains the truth" can be decided. The shapes follow the published medical runs
+# (REFERENCE.md): hallucination rising from step 2 to ~95-99, evil rising at steps 14-16 to
+# ~40-47, normal runs near zero; 10 samples x 20 questions per checkpoint; several seeds.
+
+#: Mean judge score of an answer that shows the trait / does not (scores 100 Beta(6, 0.25) and
+#: 100 Beta(0.3, 12): most answers near 100 or near 0, as a 0-100 judge scores them).
+SHOWS = (6.0, 0.25)
+LACKS = (0.3, 12.0)
+#: Gauss-Hermite nodes for the population mean over questions (a normal random effect).
+_GH_X, _GH_W = np.polynomial.hermite_e.hermegauss(64)
+_GH_W = _GH_W / _GH_W.sum()
+
+
+def _beta_moments(a: float, b: float) -> tuple[float, float]:
+    """(mean, second moment) of 100 Beta(a, b)."""
+    m = a / (a + b)
+    v = a * b / ((a + b) ** 2 * (a + b + 1))
+    return 100 * m, 100**2 * (v + m * m)
+
+
+@dataclass(frozen=True)
+class StudyDesign:
+    """What one synthetic study holds fixed across its seeds (drawn once per study).
+
+    Levels are on the logit scale of P(an answer shows the trait) for a typical question;
+    a question's own propensity adds ``question_sd`` x N(0, 1) (the same offset at every
+    checkpoint and seed: the question set is fixed, as in a real study).
+    """
+
+    checkpoints: int
+    save_every: int
+    questions: int
+    samples: int
+    question_sd: float
+    jitter_sd: float
+    missing: float
+    hall: tuple[float, float, int, int]  # base, peak, onset step, ramp width (steps)
+    evil: tuple[float, float, tuple[int, ...], int]  # base, peak, possible onset steps, width
+    normal: tuple[float, float]  # hallucination and evil levels of a normal run
+
+    @property
+    def steps(self) -> np.ndarray:
+        return np.arange(self.checkpoints) * self.save_every
+
+
+def draw_design(rng: np.random.Generator, *, checkpoints: int = 40, questions: int = 20, samples: int = 10) -> StudyDesign:
+    """A study shaped like the published medical runs, with per-study variation."""
+    return StudyDesign(
+        checkpoints=checkpoints,
+        save_every=2,
+        questions=questions,
+        samples=samples,
+        question_sd=float(rng.uniform(0.7, 1.3)),
+        jitter_sd=float(rng.uniform(0.05, 0.2)),
+        missing=0.01,
+        hall=(float(rng.uniform(-4.0, -3.0)), float(rng.uniform(3.5, 5.0)), 2, int(rng.integers(6, 13)) * 2),
+        evil=(float(rng.uniform(-5.0, -4.0)), float(rng.uniform(-0.6, 0.0)), (14, 16), int(rng.integers(2, 5)) * 2),
+        normal=(float(rng.uniform(-5.0, -4.0)), float(rng.uniform(-5.5, -4.5))),
+    )
+
+
+def _ramp(steps: np.ndarray, base: float, peak: float, onset: int, width: int, save_every: int) -> np.ndarray:
+    """Logit level: ``base`` before ``onset``, then a linear ramp (on the logit scale) to ``peak``.
+
+    The first checkpoint of the rise (the planted change point) is ``onset`` itself."""
+    frac = np.clip((steps - onset + save_every) / width, 0.0, 1.0)
+    return base + (peak - base) * frac
+
+
+def seed_levels(design: StudyDesign, kind: str, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict[str, int | None]]:
+    """Per-trait logit levels of one run (training-seed variation drawn from ``rng``) and
+    the planted change points (steps). ``kind``: "misaligned" or "normal"."""
+    s = design.steps
+    if kind == "normal":
+        lv = {"hallucination": np.full(s.size, design.normal[0]), "evil": np.full(s.size, design.normal[1])}
+        planted: dict[str, int | None] = {"hallucination": None, "evil": None}
+    else:
+        hb, hp, ho, hw = design.hall
+        eb, ep, eos, ew = design.evil
+        eo = int(eos[int(rng.integers(0, len(eos)))])
+        lv = {"hallucination": _ramp(s, hb, hp, ho, hw, design.save_every), "evil": _ramp(s, eb, ep, eo, ew, design.save_every)}
+        planted = {"hallucination": ho, "evil": eo}
+    # training noise: each checkpoint's model is a little off its trend (shared by all
+    # questions and samples of that checkpoint); step 0 is the base model, the same for all.
+    for t in lv:
+        jit = rng.normal(0.0, design.jitter_sd, s.size)
+        jit[0] = 0.0
+        lv[t] = lv[t] + jit
+    return lv, planted
+
+
+def population_curve(level: np.ndarray, design: StudyDesign) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, standard error) of a checkpoint's mean score over the question population.
+
+    mean: E over questions and answers of the score at that checkpoint's latent level;
+    se: the standard deviation of a ``questions`` x ``samples`` mean of such scores (questions
+    drawn at random, then samples), i.e. what the question-level bootstrap estimates.
+    """
+    m1, s1 = _beta_moments(*SHOWS)
+    m0, s0 = _beta_moments(*LACKS)
+    p = 1.0 / (1.0 + np.exp(-(level[:, None] + design.question_sd * _GH_X[None, :])))  # [T, nodes]
+    mu_q = m0 + (m1 - m0) * p
+    within = p * s1 + (1 - p) * s0 - mu_q**2
+    mean = mu_q @ _GH_W
+    var_q = (mu_q**2) @ _GH_W - mean**2
+    se = np.sqrt(var_q / design.questions + (within @ _GH_W) / (design.questions * design.samples))
+    return mean, se
+
+
+def draw_scores(level: np.ndarray, offsets: np.ndarray, design: StudyDesign, rng: np.random.Generator) -> np.ndarray:
+    """Judge scores ``[checkpoint, question, sample]`` (NaN: the judge gave no score)."""
+    T, Q, S = level.size, offsets.size, design.samples
+    p = 1.0 / (1.0 + np.exp(-(level[:, None, None] + offsets[None, :, None])))
+    shows = rng.random((T, Q, S)) < p
+    x = np.where(shows, rng.beta(*SHOWS, (T, Q, S)), rng.beta(*LACKS, (T, Q, S))) * 100.0
+    x[rng.random((T, Q, S)) < design.missing] = np.nan
+    return x

@@ -323,6 +323,8 @@ def resolve_paths(spec: StudySpec, base: Path) -> StudySpec:
         spec.monitor.alarm_file = _resolve(base, spec.monitor.alarm_file) or (spec.output_dir / "alarms.jsonl")
     if spec.model.path is not None:
         spec.model.path = _resolve(base, spec.model.path)
+    for named in spec.models:
+        named.path = _resolve(base, named.path)
     for ds in spec.datasets:
         ds.folder = _resolve(base, ds.folder)
         for src in ds.sources():

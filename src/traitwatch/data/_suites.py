@@ -7,7 +7,8 @@ down, versioned by content hash and shown in the report. Two formats are read:
   optional ``expected``), and ``traits``: for each trait a ``rubric`` for LLM judges (with
   ``{question}`` and ``{answer}``) and/or a ``checker`` for reference checkers;
 - the persona-vectors JSON: ``{"instruction": [...], "questions": [...], "eval_prompt": "..."}``,
-  one trait named after the file.
+  one trait named after the file;
+- the emergent-misalignment question list (Betley et al.; a YAML list, see ``_em_suites``).
 
 Rubric placeholders are filled by plain string replacement, never ``str.format``, so
 untrusted answers containing braces cannot reach Python's formatting machinery.
@@ -53,12 +54,29 @@ class CheckerSpec(_Strict):
         return self
 
 
+class InstructionPair(_Strict):
+    """Contrastive system prompts for one trait: ``pos`` elicits it, ``neg`` suppresses it.
+
+    Why: the activation judge (docs/activation.md) reads the trait's direction in the model's
+    activations from answers given under each prompt (persona vectors, Chen et al. 2025).
+    """
+
+    pos: Annotated[str, Field(min_length=1)]
+    neg: Annotated[str, Field(min_length=1)]
+
+
 class TraitDef(_Strict):
-    """How one trait is scored: an LLM rubric, a reference checker, or both."""
+    """How one trait is scored: an LLM rubric, a reference checker, or both.
+
+    ``instructions`` (contrastive system prompts) serve only the activation judge; they are
+    left out of ``model_dump`` so adding them changes no suite hash and no stored key (the
+    activation judge hashes them itself).
+    """
 
     description: str = ""
     rubric: str | None = None
     checker: CheckerSpec | None = None
+    instructions: tuple[InstructionPair, ...] = Field(default=(), exclude=True)
 
     @field_validator("rubric")
     @classmethod
@@ -165,6 +183,19 @@ def _builtin_path(name: str) -> Path:
     return Path(str(res))
 
 
+def _instructions(obj: dict[str, object], path: Path, fix: str) -> tuple[InstructionPair, ...]:
+    """The persona-vectors file's ``instruction`` pairs (absent or empty: none)."""
+    raw = obj.get("instruction") or []
+    if not isinstance(raw, list) or not all(
+        isinstance(p, dict) and isinstance(p.get("pos"), str) and isinstance(p.get("neg"), str) for p in raw
+    ):
+        raise DataError('\'instruction\' must be a list of {"pos": "...", "neg": "..."} objects', where=str(path), fix=fix)
+    try:
+        return tuple(InstructionPair(pos=p["pos"], neg=p["neg"]) for p in raw)
+    except ValidationError:
+        raise DataError("an 'instruction' pair has an empty pos or neg", where=str(path), fix=fix) from None
+
+
 def _load_persona_json(path: Path) -> Suite:
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
@@ -185,7 +216,7 @@ def _load_persona_json(path: Path) -> Suite:
         raise DataError("'eval_prompt' must be a string", where=str(path), fix=fix)
     trait = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)
     try:
-        tdef = TraitDef(rubric=prompt, description=f"persona-vectors trait from {path.name}")
+        tdef = TraitDef(rubric=prompt, description=f"persona-vectors trait from {path.name}", instructions=_instructions(obj, path, fix))
         qs = tuple(QuestionDef(id=f"{trait}_{i:02d}", text=q) for i, q in enumerate(questions))
     except ValidationError as exc:
         msg = exc.errors()[0]["msg"].removeprefix("Value error, ")
@@ -212,19 +243,28 @@ def load_suite(ref: str | SuiteRef, *, allow_no_questions: bool = False) -> Suit
         suite = _load_persona_json(path)
     else:
         data, lines = read_yaml(path, error_type=DataError, example="builtin suites in docs/suites.md")
-        if not isinstance(data, dict):
-            raise DataError("a suite file must be a mapping", where=f"{path}:1", fix="see docs/suites.md")
-        try:
-            parsed = SuiteFile.model_validate(data)
-        except ValidationError as exc:
-            raise format_validation_error(exc, str(path), lines, root=SuiteFile, error_type=DataError, docs="docs/suites.md") from None
-        suite = Suite(
-            name=parsed.name,
-            source=name,
-            description=parsed.description,
-            traits=dict(parsed.traits),
-            questions=tuple(parsed.questions),
-        )
+        from ._em_suites import is_em_file, load_em_suite  # imports this module
+
+        if is_em_file(data):
+            suite = load_em_suite(data, path, lines, name)
+        elif not isinstance(data, dict):
+            raise DataError(
+                "a suite file must be a mapping (our format) or a list of questions (the emergent-misalignment format)",
+                where=f"{path}:1",
+                fix="see docs/suites.md",
+            )
+        else:
+            try:
+                parsed = SuiteFile.model_validate(data)
+            except ValidationError as exc:
+                raise format_validation_error(exc, str(path), lines, root=SuiteFile, error_type=DataError, docs="docs/suites.md") from None
+            suite = Suite(
+                name=parsed.name,
+                source=name,
+                description=parsed.description,
+                traits=dict(parsed.traits),
+                questions=tuple(parsed.questions),
+            )
     if limit is not None:
         suite = suite.model_copy(update={"questions": suite.questions[:limit]})
     if not suite.questions and not allow_no_questions:

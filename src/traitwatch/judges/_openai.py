@@ -34,7 +34,16 @@ from traitwatch.data import TraitDef, fill_rubric, rubric_hash
 from traitwatch.errors import JudgeError
 
 from ._budget import Budget
-from ._numbers import DEFAULT_MIN_MASS, Scored, looks_digit_split, min_mass_tag, top_logprob_distribution, weighted_mean, yes_no_score
+from ._numbers import (
+    DEFAULT_MIN_MASS,
+    Scored,
+    looks_digit_split,
+    min_mass_tag,
+    top_logprob_distribution,
+    weighted_mean,
+    word_verdict,
+    yes_no_score,
+)
 from ._protocol import Judge, JudgeRequest, Judgment, OnResult
 
 Scale = Literal["0-100", "0-10", "0-9", "yes-no"]
@@ -406,6 +415,12 @@ class OpenAIJudge:
             scored = weighted_mean(top_logprob_distribution(top, scale_max), min_mass=self.min_mass, scale_max=scale_max)
             if scale != "0-100":
                 method = f"first_token_{scale.replace('-', '_')}"
+            verdict = word_verdict(top) if scored.score is None else None
+            if verdict is not None and verdict[1] > scored.mass:
+                # e.g. CODE / REFUSAL in the emergent-misalignment prompts: stored with no score, never counted
+                raw |= {"mass": scored.mass, "verdict": verdict[0]}
+                reason = f"{verdict[0]}: the judge answered {verdict[0]} (probability {verdict[1]:.2f}), not a number"
+                return Judgment(None, reason, method, raw, tin, tout, cost)
         raw["mass"] = scored.mass
         return Judgment(scored.score, scored.reason, method, raw, tin, tout, cost)
 

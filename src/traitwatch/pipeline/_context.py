@@ -82,6 +82,8 @@ class StudyContext:
         self._base: LoadedModel | None = None
         self._identity: str | None = None
         self._suites: Suites | None = None
+        self._other: tuple[str, LoadedModel] | None = None  # the one other model held (several models)
+        self._identities: dict[str, str] = {}
 
     @property
     def base(self) -> LoadedModel:
@@ -93,6 +95,41 @@ class StudyContext:
             note(f"model ready in {time.time() - t:.1f}s ({self._base.device})")
         return self._base
 
+    def base_for(self, name: str) -> LoadedModel:
+        """The base model named ``name`` in ``spec.base_models()`` (the first: :attr:`base`).
+
+        Why at most one other model is held: a study over several models may not fit them all
+        in memory at once, so the stages go through the runs grouped by model and loading the
+        next model releases the previous one.
+        """
+        models = dict(self.spec.base_models())
+        first = next(iter(models))
+        if name == first:
+            return self.base
+        if self._other is None or self._other[0] != name:
+            self._other = None
+            import gc
+
+            gc.collect()
+            t = time.time()
+            note(f"loading model: {name} ({models[name].label()})")
+            self._other = (name, load_model(models[name]))
+            note(f"model ready in {time.time() - t:.1f}s ({self._other[1].device})")
+        return self._other[1]
+
+    def identity_of(self, name: str) -> str:
+        """The identity of base model ``name`` (loads it once in a study with several models;
+        a worker's report, :meth:`use_identity`, when given)."""
+        if name == self.spec.base_models()[0][0]:
+            return self.identity
+        if name not in self._identities:
+            self._identities[name] = self.base_for(name).identity
+        return self._identities[name]
+
+    def identities(self) -> dict[str, str]:
+        """Every base model's identity by name (what :func:`plan_runs` takes)."""
+        return {name: self.identity_of(name) for name, _ in self.spec.base_models()}
+
     @property
     def identity(self) -> str:
         """The base model's identity (part of every run fingerprint and answer key): the loaded
@@ -102,9 +139,13 @@ class StudyContext:
             self._identity = self.base.identity
         return self._identity
 
-    def use_identity(self, identity: str) -> None:
-        """Take the base model's identity from where the model runs (a Ray worker)."""
-        self._identity = identity
+    def use_identity(self, identity: str, name: str | None = None) -> None:
+        """Take a base model's identity from where the model runs (a Ray worker); ``name``: which
+        of several models (default the study's model)."""
+        if name is None or name == self.spec.base_models()[0][0]:
+            self._identity = identity
+        else:
+            self._identities[name] = identity
 
     def wants(self, run_id: str) -> bool:
         """Whether this context's work includes run ``run_id`` (see ``runs``)."""

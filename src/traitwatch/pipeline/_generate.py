@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from traitwatch.errors import ModelError, StoreError
+from traitwatch.errors import ConfigError, ModelError, StoreError
 from traitwatch.generate import Answer, GenerationRequest, Generator, hf_generator
 from traitwatch.models import LoadedModel
 from traitwatch.progress import console, stage_progress
@@ -43,7 +43,10 @@ def generation_requests(
     settings = ctx.settings_hash(store)
     gen = ctx.spec.generation
     out = []
-    planned = {p.run_id: p.fingerprint for p in plan_runs(ctx.spec, ctx.identity)}
+    plans = plan_runs(ctx.spec, ctx.identities())
+    planned = {p.run_id: p.fingerprint for p in plans}
+    model_of = {p.run_id: p.model_name for p in plans}  # runs trained elsewhere: the study's model
+    first_model = ctx.spec.base_models()[0][0]
     for run in store.runs():
         if not ctx.wants(run["run_id"]) or (only is not None and run["run_id"] not in only):
             continue
@@ -74,6 +77,7 @@ def generation_requests(
                         key = content_key(settings, fingerprint, step, ck.adapter_sha, suite.name, q.id, q.text, sample, probes)
                         where = {"run_id": run["run_id"], "step": step, "suite": suite.name, "question_id": q.id}
                         where["adapter_sha"] = ck.adapter_sha
+                        where["model"] = model_of.get(run["run_id"], first_model)
                         out.append((GenerationRequest(key, ck.path, q.text, sample, probes), where))
     return out
 
@@ -115,13 +119,21 @@ def check_adapter(folder: Path, sha: str) -> None:
         )
 
 
-def make_generator(ctx: StudyContext) -> Generator:
-    """The generation backend the spec names (``hf`` by default, ``vllm`` on a GPU)."""
+def make_generator(ctx: StudyContext, model: str | None = None) -> Generator:
+    """The generation backend the spec names (``hf`` by default, ``vllm`` on a GPU), on base
+    model ``model`` (a name of ``spec.base_models()``; default the study's model)."""
+    base = ctx.base if model is None else ctx.base_for(model)
     if ctx.spec.generation.backend == "vllm":
         from traitwatch.generate import vllm_generator
 
-        return vllm_generator(ctx.base, ctx.spec)
-    return make_hf_generator(ctx, ctx.base)
+        if model is not None and model != ctx.spec.base_models()[0][0]:
+            raise ConfigError(
+                "the vllm backend serves the study's first model only",
+                where="generation.backend",
+                fix="use backend: hf for a study with several models",
+            )
+        return vllm_generator(base, ctx.spec)
+    return make_hf_generator(ctx, base)
 
 
 def make_hf_generator(ctx: StudyContext, model: LoadedModel, *, adapters_per_batch: int | None = None) -> Generator:
@@ -161,6 +173,7 @@ def generate(ctx: StudyContext, store: Store) -> StageResult:
             store.add_generations(rows)
             bar.advance(len(answers))
 
-        if todo:
-            make_generator(ctx).generate([r for r, _ in todo], on_batch)
+        # each run's checkpoints on its own base model: the adapters are batched per model
+        for model in dict.fromkeys(m["model"] for _, m in todo):
+            make_generator(ctx, model).generate([r for r, m in todo if m["model"] == model], on_batch)
     return StageResult("generate", time.time() - t0, {"answers": len(wanted), "generated": len(todo), "reused": len(wanted) - len(todo)})

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from traitwatch.config import StudySpec
+from traitwatch.config import ModelSpec, StudySpec, TrainingSpec
 from traitwatch.data import Suite, TraitDef, load_level, load_suite
 from traitwatch.errors import ConfigError
 from traitwatch.store import content_key
@@ -23,13 +23,51 @@ from traitwatch.train import RunPlan
 GENERATION_VERSION = "gen-v1"
 
 
-def run_id(domain: str, level: str, seed: int) -> str:
-    return f"{domain}-{level}-s{seed}"
+def run_id(domain: str, level: str, seed: int, *, model: str = "", lr: str = "") -> str:
+    """``domain-level-sSEED``, prefixed ``MODEL-`` and suffixed ``-lrRATE`` only in a study
+    with several models / learning rates, so a one-model, one-rate study keeps the ids (and the
+    stored work keyed by them) it had before those axes existed."""
+    core = f"{domain}-{level}-s{seed}"
+    return (f"{model}-" if model else "") + core + (f"-lr{lr}" if lr else "")
+
+
+def lr_label(lr: float) -> str:
+    """A learning rate as it appears in run ids: ``1e-04``, ``0.0003`` (folder-safe: digits, e, -, .)."""
+    return f"{lr:.3g}"
+
+
+@dataclass(frozen=True)
+class GridCell:
+    """One (model, learning rate) of the grid: the name and spec of the model, the rate, and
+    the parts they add to run ids (empty when the study has one model / one rate)."""
+
+    model_name: str
+    model: ModelSpec
+    learning_rate: float
+    model_part: str
+    lr_part: str
+
+
+def grid_cells(spec: StudySpec) -> list[GridCell]:
+    """Every (model, learning rate) pair of the study, models outer, in spec order."""
+    models = spec.base_models()
+    rates = spec.run_learning_rates()
+    return [
+        GridCell(name, model, lr, name if len(models) > 1 else "", lr_label(lr) if len(rates) > 1 else "")
+        for name, model in models
+        for lr in rates
+    ]
 
 
 def planned_run_ids(spec: StudySpec) -> list[str]:
     """The ids of the study's planned runs, from the spec alone (no data, no model)."""
-    return [run_id(ds.domain, level, seed) for ds in spec.datasets for level in spec.levels for seed in spec.seeds]
+    return [
+        run_id(ds.domain, level, seed, model=c.model_part, lr=c.lr_part)
+        for c in grid_cells(spec)
+        for ds in spec.datasets
+        for level in spec.levels
+        for seed in spec.seeds
+    ]
 
 
 def check_run_globs(spec: StudySpec, globs: Sequence[str] | None) -> tuple[str, ...] | None:
@@ -50,39 +88,73 @@ def check_run_globs(spec: StudySpec, globs: Sequence[str] | None) -> tuple[str, 
     return tuple(globs)
 
 
-def plan_runs(spec: StudySpec, model_identity: str) -> list[RunPlan]:
-    """Every (domain, level, seed) run with its data loaded and validated up front."""
+def model_of_run(spec: StudySpec, rid: str) -> str:
+    """The name of the base model a planned run fine-tunes (from the spec alone)."""
+    cells = grid_cells(spec)
+    for c in cells:
+        ids = (run_id(ds.domain, lv, s, model=c.model_part, lr=c.lr_part) for ds in spec.datasets for lv in spec.levels for s in spec.seeds)
+        if rid in ids:
+            return c.model_name
+    raise KeyError(rid)
+
+
+def plan_runs(spec: StudySpec, model_identity: str | Mapping[str, str]) -> list[RunPlan]:
+    """Every (model, domain, level, seed, learning rate) run with its data loaded and validated up front.
+
+    ``model_identity``: the base model's identity, or one per model name (``spec.base_models()``)
+    in a study with several; it is part of each run's fingerprint. Models missing from the
+    mapping are left out (a Ray worker plans only its own model's runs).
+    """
     assert spec.output_dir is not None
     plans = []
     for ds in spec.datasets:
         for level in spec.levels:
             data = load_level(ds, level, spec.output_dir)
-            for seed in spec.seeds:
-                rid = run_id(ds.domain, level, seed)
-                fingerprint = content_key("run-v1", model_identity, data.sha256, spec.lora.model_dump(), _weights_relevant(spec), seed)
-                plans.append(
-                    RunPlan(
-                        run_id=rid,
-                        domain=ds.domain,
-                        level=level,
-                        seed=seed,
-                        examples=data.examples,
-                        dataset_sha=data.sha256,
-                        run_dir=spec.output_dir / "runs" / rid,
-                        lora=spec.lora,
-                        training=spec.training,
-                        fingerprint=fingerprint,
+            for cell in grid_cells(spec):
+                if not isinstance(model_identity, str) and cell.model_name not in model_identity:
+                    continue
+                identity = model_identity if isinstance(model_identity, str) else model_identity[cell.model_name]
+                training = spec.training
+                if training.learning_rate != cell.learning_rate:
+                    training = training.model_copy(update={"learning_rate": cell.learning_rate})
+                for seed in spec.seeds:
+                    rid = run_id(ds.domain, level, seed, model=cell.model_part, lr=cell.lr_part)
+                    fingerprint = content_key("run-v1", identity, data.sha256, spec.lora.model_dump(), _weights_relevant(training), seed)
+                    plans.append(
+                        RunPlan(
+                            run_id=rid,
+                            domain=ds.domain,
+                            level=level,
+                            seed=seed,
+                            examples=data.examples,
+                            dataset_sha=data.sha256,
+                            run_dir=spec.output_dir / "runs" / rid,
+                            lora=spec.lora,
+                            training=training,
+                            fingerprint=fingerprint,
+                            model_name=cell.model_name,
+                            model_attributes=_attributes(spec, cell.model_name),
+                        )
                     )
-                )
-    return plans
+    order = {rid: i for i, rid in enumerate(planned_run_ids(spec))}
+    return sorted(plans, key=lambda p: order[p.run_id])
+
+
+def _attributes(spec: StudySpec, name: str) -> dict[str, float]:
+    return next((dict(m.attributes) for m in spec.models if m.name == name), {})
 
 
 #: Training settings that cannot change the trained weights (only what is measured).
 _EVAL_ONLY = {"heldout_eval_max", "eval_batch_size"}
 
+#: Training settings added after stores existed, left out of the fingerprint at their default
+#: value, so runs trained before the setting existed keep their fingerprint (and stored work).
+_LATER_DEFAULTS: dict[str, object] = {"optimizer": "adamw"}
 
-def _weights_relevant(spec: StudySpec) -> dict[str, object]:
-    return {k: v for k, v in spec.training.model_dump(mode="json").items() if k not in _EVAL_ONLY}
+
+def _weights_relevant(training: TrainingSpec) -> dict[str, object]:
+    dumped = training.model_dump(mode="json")
+    return {k: v for k, v in dumped.items() if k not in _EVAL_ONLY and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
 
 
 def settings_meta_key(spec: StudySpec) -> str:

@@ -89,11 +89,15 @@ class RayCluster:
 
 def _blocks(todo: list[tuple[GenerationRequest, Placement]], block: int) -> list[list[tuple[GenerationRequest, Placement]]]:
     """The requests grouped into tasks of ``block`` checkpoints (adapter folders) each."""
-    by_adapter: dict[str, list[tuple[GenerationRequest, Placement]]] = defaultdict(list)
-    for r, m in todo:
-        by_adapter[r.adapter].append((r, m))
-    adapters = sorted(by_adapter)
-    return [[x for a in adapters[i : i + block] for x in by_adapter[a]] for i in range(0, len(adapters), block)]
+    out = []
+    for model in dict.fromkeys(m.get("model", "") for _, m in todo):  # a task answers on one base model
+        by_adapter: dict[str, list[tuple[GenerationRequest, Placement]]] = defaultdict(list)
+        for r, m in todo:
+            if m.get("model", "") == model:
+                by_adapter[r.adapter].append((r, m))
+        adapters = sorted(by_adapter)
+        out += [[x for a in adapters[i : i + block] for x in by_adapter[a]] for i in range(0, len(adapters), block)]
+    return out
 
 
 def ray_stages(ctx: StudyContext, store: Store, names: Iterable[str]) -> dict[str, StageResult]:
@@ -112,7 +116,9 @@ def ray_stages(ctx: StudyContext, store: Store, names: Iterable[str]) -> dict[st
     threads = max(1, math.ceil(ctx.spec.executor.num_cpus))
     out: dict[str, StageResult] = {}
     with RayCluster(ctx) as cluster:
-        ctx.use_identity(cluster.ray.get(cluster.remote(tasks.identity_task).remote(ctx.spec, threads)))
+        identity = cluster.remote(tasks.identity_task)
+        for name, _ in ctx.spec.base_models():  # each model's identity, as its workers load it
+            ctx.use_identity(cluster.ray.get(identity.remote(ctx.spec, threads, name)), name)
         if do_train or do_generate:
             out |= _TrainGenerate(ctx, store, cluster, threads).run(do_train, do_generate)
         if do_judge:
@@ -146,14 +152,14 @@ class _TrainGenerate:
         self.generate["reused"] += len(wanted) - len(todo)
         self.submitted.update(r.key for r, _ in wanted)
         for part in _blocks(todo, ctx.spec.executor.block):
-            ref = self._generate_task.remote(ctx.spec, [r for r, _ in part], self.threads)
+            ref = self._generate_task.remote(ctx.spec, [r for r, _ in part], self.threads, part[0][1].get("model") or None)
             self.pending[ref] = ("generate", ({r.key: (r, m) for r, m in part}, settings))
 
     def run(self, do_train: bool, do_generate: bool) -> dict[str, StageResult]:
         ctx, store, ray = self.ctx, self.store, self.cluster.ray
         t0 = time.time()
         train_s = 0.0
-        plans = {p.run_id: p for p in plan_runs(ctx.spec, ctx.identity) if ctx.wants(p.run_id)} if do_train else {}
+        plans = {p.run_id: p for p in plan_runs(ctx.spec, ctx.identities()) if ctx.wants(p.run_id)} if do_train else {}
         self.train["runs"] = len(plans)
         train_task = self.cluster.remote(tasks.train_task)
         with stage_progress("ray: train + generate (tasks)", 0) as bar:
@@ -168,7 +174,7 @@ class _TrainGenerate:
                 result = ray.get(ref)  # a task that failed after its retries raises here
                 if kind == "train":
                     events, res = result
-                    recorder = StoreRecorder(store, what, ctx.identity)
+                    recorder = StoreRecorder(store, what, ctx.identity_of(what.model_name))
                     for event in events:
                         recorder(event)
                     self.train["steps_run"] += res.steps_run

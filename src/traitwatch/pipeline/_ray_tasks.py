@@ -39,19 +39,23 @@ def _setup(threads: int) -> None:
     torch.set_num_threads(max(1, threads))
 
 
-def worker_base(spec: StudySpec) -> LoadedModel:
-    """This process's copy of the study's base model (loaded on first use)."""
-    key = spec.model.model_dump_json()
+def worker_base(spec: StudySpec, name: str | None = None) -> LoadedModel:
+    """This process's copy of the study's base model, or of its model ``name`` in a study with
+    several (``spec.base_models()``), loaded on first use. One model per process at a time: a
+    worker asked for another model releases the one it held (models may not fit together)."""
+    model = spec.model if name is None else dict(spec.base_models())[name]
+    key = model.model_dump_json()
     if key not in _MODELS:
-        _MODELS[key] = load_model(spec.model)
+        _MODELS.clear()
+        _MODELS[key] = load_model(model)
     return _MODELS[key]
 
 
-def identity_task(spec: StudySpec, threads: int) -> str:
-    """The base model's identity as a worker sees it (device and dtype are part of it), so the
+def identity_task(spec: StudySpec, threads: int, name: str | None = None) -> str:
+    """A base model's identity as a worker sees it (device and dtype are part of it), so the
     driver can compute run fingerprints and answer keys without loading the model itself."""
     _setup(threads)
-    return worker_base(spec).identity
+    return worker_base(spec, name).identity
 
 
 def train_task(spec: StudySpec, run_id: str, threads: int) -> tuple[list[TrainEvent], TrainResult]:
@@ -60,20 +64,22 @@ def train_task(spec: StudySpec, run_id: str, threads: int) -> tuple[list[TrainEv
     A retried task resumes from the run's latest checkpoint on disk and reports every
     checkpoint found there again, so the driver's record is complete whatever was lost.
     """
-    from ._plan import plan_runs
+    from ._plan import model_of_run, plan_runs
 
     _setup(threads)
-    base = worker_base(spec)
-    [plan] = [p for p in plan_runs(spec, base.identity) if p.run_id == run_id]
+    name = model_of_run(spec, run_id)
+    base = worker_base(spec, name)
+    [plan] = [p for p in plan_runs(spec, {name: base.identity}) if p.run_id == run_id]
     events: list[TrainEvent] = []
     result = train_run(plan, base, record=events.append)
     return events, result
 
 
-def generate_task(spec: StudySpec, requests: list[GenerationRequest], threads: int) -> list[Answer]:
-    """Answers to ``requests`` (a block of checkpoints' questions) with the spec's generator."""
+def generate_task(spec: StudySpec, requests: list[GenerationRequest], threads: int, model: str | None = None) -> list[Answer]:
+    """Answers to ``requests`` (a block of checkpoints' questions, all of runs of base model
+    ``model``) with the spec's generator."""
     _setup(threads)
-    base = worker_base(spec)
+    base = worker_base(spec, model)
     answers: list[Answer] = []
     generator_for(spec, base).generate(requests, answers.extend)
     return answers

@@ -24,6 +24,7 @@ from traitwatch.train import (
     RunStarted,
     TrainCallback,
     TrainEvent,
+    check_optimizer,
     split_heldout,
     total_steps,
     train_run,
@@ -86,8 +87,9 @@ def run_steps(plan: RunPlan) -> int:
 def train(ctx: StudyContext, store: Store, *, callbacks: Sequence[TrainCallback] = ()) -> StageResult:
     """Train every planned run (LoRA), a checkpoint every ``save_every`` steps; resumes."""
     t0 = time.time()
+    check_optimizer(ctx.spec.training)  # before the model loads and any run starts
     base = ctx.base
-    plans = plan_runs(ctx.spec, base.identity)
+    plans = plan_runs(ctx.spec, ctx.identities())
     if not plans:
         raise ConfigError(
             "the study has no datasets, so there is nothing to train",
@@ -122,7 +124,8 @@ def train(ctx: StudyContext, store: Store, *, callbacks: Sequence[TrainCallback]
                 bar.advance(max(0, done - seen["done"]))
                 seen["done"] = done
 
-            res = train_run(plan, base, record=StoreRecorder(store, plan, base.identity), callbacks=callbacks, on_step=on_step)
+            model = ctx.base_for(plan.model_name)  # plans are grouped by model: each loads once
+            res = train_run(plan, model, record=StoreRecorder(store, plan, model.identity), callbacks=callbacks, on_step=on_step)
             bar.advance(max(0, expected[plan.run_id] - seen["done"]))
             steps_run += res.steps_run
             wait += res.save_wait_s

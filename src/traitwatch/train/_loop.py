@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from traitwatch.config import LoraSpec, TrainingSpec
 from traitwatch.data import ChatExample
-from traitwatch.errors import DataError
+from traitwatch.errors import ConfigError, DataError
 from traitwatch.models import LoadedModel, head_logits, split_lm
 from traitwatch.progress import console
 
@@ -80,6 +80,10 @@ class RunPlan:
     lora: LoraSpec
     training: TrainingSpec
     fingerprint: str
+    #: The base model's short name in a study with several (``models:``); "" with one.
+    model_name: str = ""
+    #: The model's ``attributes`` from the spec (recorded with the run for across-model statistics).
+    model_attributes: dict[str, float] = field(default_factory=dict)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -301,6 +305,38 @@ def encode_examples(base: LoadedModel, plan: RunPlan) -> list[Encoded]:
     return kept
 
 
+def _param_count(base: LoadedModel) -> int:
+    """Parameters of the base model (before LoRA), the default model attribute across models."""
+    return int(sum(p.numel() for p in base.model.parameters()))
+
+
+def make_optimizer(params: list[torch.nn.Parameter], spec: TrainingSpec) -> torch.optim.Optimizer:
+    """AdamW with the spec's weight decay: torch's, or bitsandbytes' 8-bit one (``adamw_8bit``,
+    what the published runs used). No silent fallback: a run asked to match the published
+    optimizer that quietly used another would not be the run it claims to be."""
+    if spec.optimizer == "adamw_8bit":
+        bnb = check_optimizer(spec)
+        opt: torch.optim.Optimizer = bnb.optim.AdamW8bit(params, lr=spec.learning_rate, weight_decay=spec.weight_decay)
+        return opt
+    return torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=spec.weight_decay)
+
+
+def check_optimizer(spec: TrainingSpec) -> Any:
+    """The module the spec's optimizer needs (bitsandbytes for ``adamw_8bit``; None for torch's),
+    or a one-line error; the train stage asks before any run starts."""
+    if spec.optimizer != "adamw_8bit":
+        return None
+    try:
+        import bitsandbytes  # type: ignore[import-not-found,import-untyped,unused-ignore]
+    except ImportError:
+        raise ConfigError(
+            "optimizer adamw_8bit needs the bitsandbytes package, which is not importable here",
+            where="training.optimizer",
+            fix="pip install bitsandbytes (a CUDA machine), or use optimizer: adamw",
+        ) from None
+    return bitsandbytes
+
+
 def train_run(
     plan: RunPlan,
     base: LoadedModel,
@@ -330,7 +366,11 @@ def train_run(
     g = torch.Generator().manual_seed(1_000_003 * plan.seed + 31)
     held = [encoded[held_idx[i]] for i in torch.randperm(len(held_idx), generator=g)[: spec.heldout_eval_max].tolist()]
     steps = total_steps(len(train), spec)
-    info = {"save_every": spec.save_every, "effective_batch": spec.effective_batch_size}
+    info: dict[str, Any] = {"save_every": spec.save_every, "effective_batch": spec.effective_batch_size}
+    # the run's place on the study's model and learning-rate axes (read by analysis._axes)
+    info |= {"model_name": plan.model_name or base.label, "learning_rate": spec.learning_rate, "model_params": _param_count(base)}
+    if plan.model_attributes:
+        info["model_attributes"] = dict(plan.model_attributes)
     record(RunStarted(plan.run_id, len(train), len(held), steps, info))
 
     # -- what is already on disk -----------------------------------------------------------
@@ -406,7 +446,7 @@ def train_run(
     start, tokens = 0, 0
     try:
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=spec.weight_decay)
+        opt = make_optimizer(params, spec)
         for step, folder in reversed(on_disk):
             state = load_train_state(folder)
             if state is None:

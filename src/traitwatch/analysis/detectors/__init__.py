@@ -15,6 +15,7 @@ from .base import Curve, Detector, Onset, baseline, robust_sigma
 from .binseg import Binseg
 from .bocpd import Bocpd
 from .cusum import Cusum
+from .direction import DIRECTIONS, Direction, detect_directed, mirrored, oriented
 from .pelt import Pelt
 from .segment import Segmenter, interpolate_missing, standardize
 from .sustained import Sustained
@@ -49,15 +50,20 @@ __all__ = [
     "Bocpd",
     "Curve",
     "Cusum",
+    "DIRECTIONS",
     "Detector",
+    "Direction",
     "Onset",
     "Pelt",
     "Segmenter",
     "Sustained",
     "Threshold",
     "baseline",
+    "detect_directed",
     "interpolate_missing",
     "make_detector",
+    "mirrored",
+    "oriented",
     "robust_sigma",
     "standardize",
 ]

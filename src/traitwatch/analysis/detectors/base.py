@@ -8,7 +8,9 @@ Conventions (stated here once; every detector, table and plot follows them):
   invented values.
 * The **onset** is the training step of the first checkpoint at which the detector judges
   the trait to have started rising (an upward change only), or None. Its ``index`` is the
-  position in the curve.
+  position in the curve. A trait that goes bad by declining (coherence) or either way is
+  handled outside the detectors, by mirroring the curve (``direction.detect_directed``), so
+  every detector honours a trait's direction with this one code path.
 * **Lead time** of trait A over trait B = onset(B) - onset(A), in steps and in checkpoints.
   Positive means A rises first (A leads). It is undefined when either onset is None.
 * ``fit(curve)`` is offline (the whole curve); ``update(step, mean, se)`` is online, one
