@@ -102,6 +102,26 @@ def test_span_means_match_one_row_at_a_time_and_stacked_base_slot(tiny_model: Lo
     with StackedLora(tiny_model.model, [""]) as stacked:
         via_slot0 = span_means(tiny_model, spans, stacked=stacked, slots=[0, 0, 0], layers=[1])
     torch.testing.assert_close(via_slot0[:, 0], batched[:, 1], atol=1e-4, rtol=1e-4)
+    # the pass stops after the deepest layer asked for; the states equal the full pass's
+    for layers in ([0], [1], [1, 0], [2], [0, 2]):
+        torch.testing.assert_close(span_means(tiny_model, spans, layers=layers), batched[:, layers], atol=1e-5, rtol=1e-5)
+    assert not any(m._forward_pre_hooks for m in tiny_model.model.model.layers)  # capture hooks removed
+
+
+def test_span_means_stop_at_the_deepest_layer_asked_for(tiny_model: LoadedModel) -> None:
+    """Blocks after the layer read are not run: a pre-hook on the last block counts its calls."""
+    calls: list[int] = []
+    last = tiny_model.model.model.layers[-1]
+    handle = last.register_forward_pre_hook(lambda _m, _a: calls.append(1))
+    try:
+        spans = [Span(encode_prompt(tiny_model.tokenizer, q), 2) for q, _ in QUESTIONS[:2]]
+        span_means(tiny_model, spans, layers=[1])  # input of block 1 = the last block of the tiny model
+        assert calls == [1]  # block 1 is entered (its pre-hook fires) ...
+        calls.clear()
+        span_means(tiny_model, spans, layers=[0])
+        assert calls == []  # ... and with layer 0 asked for, never
+    finally:
+        handle.remove()
 
 
 def test_choose_layer_picks_the_separating_layer() -> None:

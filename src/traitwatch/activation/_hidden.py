@@ -11,6 +11,7 @@ generator's batched LoRA, ``traitwatch.generate._stacked``) row i runs through a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,15 +61,10 @@ def span_means(
         part = order[b : b + batch_size]
         ids, mask = left_pad([spans[i].ids for i in part], pad, base.device)
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "output_hidden_states": True, "use_cache": False}
+        kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "use_cache": False}
         kwargs["logits_to_keep"] = 1  # the output layer is not needed (262k words on Gemma): one position, not all
-        if stacked is not None:
-            assert slots is not None
-            with stacked.rows([slots[i] for i in part]):
-                hidden = model(**kwargs).hidden_states
-        else:
-            hidden = model(**kwargs).hidden_states
-        chosen = hidden if layers is None else [hidden[layer] for layer in layers]
+        with stacked.rows([slots[i] for i in part]) if stacked is not None and slots is not None else nullcontext():
+            chosen = _hidden_states(model, kwargs, layers)
         stack = torch.stack([h.float() for h in chosen], dim=1)  # [B, L, T, H]
         width = ids.shape[1]
         for row, i in enumerate(part):
@@ -76,3 +72,42 @@ def span_means(
             first = width - n + spans[i].start  # left padding shifts every row to end at ``width``
             out[i] = stack[row, :, first:, :].mean(dim=1).cpu()
     return torch.stack([t for t in out if t is not None]) if spans else torch.zeros(0)
+
+
+class _Enough(Exception):
+    """Raised by a block's pre-hook once the deepest layer asked for is captured."""
+
+
+def _hidden_states(model: Any, kwargs: dict[str, Any], layers: Sequence[int] | None) -> list[torch.Tensor]:
+    """The hidden states ``layers`` index (all of them for None).
+
+    Why not always ``output_hidden_states``: the activation judge reads one layer, often in the
+    middle of the model, and the blocks after it (and the output layer) would be computed for
+    nothing. Hidden state i (< number of blocks) is the input of block i, so pre-hooks on the
+    blocks capture the layers asked for and the pass stops at the deepest one. The last hidden
+    state (after the final norm) and models whose blocks cannot be found take the full pass.
+    """
+    blocks = getattr(getattr(model, "model", None), "layers", None)
+    if layers is None or not isinstance(blocks, torch.nn.ModuleList) or max(layers) >= len(blocks):
+        hidden = model(**kwargs, output_hidden_states=True).hidden_states
+        return list(hidden) if layers is None else [hidden[layer] for layer in layers]
+    captured: dict[int, torch.Tensor] = {}
+    deepest = max(layers)
+
+    def capture(layer: int) -> Any:
+        def hook(_module: torch.nn.Module, args: tuple[Any, ...], kw: dict[str, Any]) -> None:
+            captured[layer] = args[0] if args else kw["hidden_states"]
+            if layer == deepest:
+                raise _Enough
+
+        return hook
+
+    handles = [blocks[layer].register_forward_pre_hook(capture(layer), with_kwargs=True) for layer in set(layers)]
+    try:
+        model(**kwargs)
+    except _Enough:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return [captured[layer] for layer in layers]
