@@ -9,6 +9,7 @@ run whose LoRA pushes along an unrelated direction must stay flat by comparison.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,10 @@ def test_direction_filters_by_the_judge_and_round_trips(tiny_model: LoadedModel,
     gap = ref["answer_pos"] - ref["answer_neg"]
     assert d.score(ref["answer_base"], "answer") == 50.0 and d.score(ref["answer_base"] + gap / 2, "answer") == pytest.approx(75.0)
     assert d.score(ref["answer_base"] + 3 * gap, "answer") == 100.0 and d.score(ref["answer_base"] - 3 * gap, "answer") == 0.0
+    # a prompt span whose pos/neg gap has the wrong sign is scaled by the answers' gap, not scored a constant 50
+    flipped = dataclasses.replace(d, reference=ref | {"prompt_pos": ref["prompt_base"] - 1.0, "prompt_neg": ref["prompt_base"] + 1.0})
+    assert flipped.score(ref["prompt_base"] + gap / 2, "prompt") == pytest.approx(75.0)
+    assert flipped.score(ref["prompt_base"] - gap / 2, "prompt") == pytest.approx(25.0)
     d.save(tmp_path / "d.safetensors")
     back = TraitDirection.load(tmp_path / "d.safetensors")
     assert back.layer == d.layer and back.counts == d.counts and back.provenance["model"] == tiny_model.identity

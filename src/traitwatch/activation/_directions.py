@@ -106,8 +106,16 @@ class TraitDirection:
         return v / v.norm().clamp(min=1e-12)
 
     def score(self, projection: float, span: SpanKind) -> float:
-        """0..100: 50 at the base model's mean projection, +-50 per positive-minus-negative gap (clipped)."""
+        """0..100: 50 at the base model's mean projection, +-50 per positive-minus-negative gap (clipped).
+
+        The gap is the span's own where the positive prompt's span projects above the negative
+        one's; else the answers' gap (the direction is read from answers, so there it is
+        positive by construction). Why: on a small base model the prompt's last token can sit
+        the wrong way round on the answers' direction, and a scale of the wrong sign or near zero
+        would turn every shift into a constant or an inverted score."""
         lo, hi, base = self.reference[f"{span}_neg"], self.reference[f"{span}_pos"], self.reference[f"{span}_base"]
+        if not hi > lo:
+            lo, hi = self.reference["answer_neg"], self.reference["answer_pos"]
         if not hi > lo:
             return 50.0
         return float(min(100.0, max(0.0, 50.0 + 50.0 * (projection - base) / (hi - lo))))
