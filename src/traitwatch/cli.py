@@ -461,11 +461,14 @@ def calibrate(
     study: StudyArg,
     only: Annotated[str | None, typer.Option("--judge", help="Calibrate only this judge.")] = None,
     set_ref: Annotated[str | None, typer.Option("--set", help="A calibration JSONL file (default: the study's, builtin:default).")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Score a calibration set (known low/high answers per trait) with the study's LLM judges.
 
-    Prints accuracy per judge and trait and the items each judge got wrong. With
-    calibration.min_accuracy set, exits 2 when a judge is below it (as `judge` would).
+    Prints per judge and trait the high and low items, balanced accuracy, AUC, plain accuracy
+    and the items each judge got wrong (--json: one JSON object, keys in docs/cli.md). With
+    calibration.min_accuracy set, exits 2 when a judge's balanced accuracy is below it or a
+    trait has too few items of a class (as `judge` would).
     """
     from rich.table import Table
 
@@ -476,15 +479,31 @@ def calibrate(
     preflight(ctx)
     with _locked(ctx), ctx.open_store() as store:
         results = calibrate_stage(ctx, store, only=only, set_ref=set_ref)
-    table = Table(title=f"calibration (high = score >= {ctx.spec.calibration.cut:.0f})")
-    for col in ("judge", "trait", "items", "accuracy", "wrong (item: expected, got)"):
-        table.add_column(col)
-    for r in results:
-        wrong = "; ".join(f"{i}: {w}, {'none' if s is None else f'{s:.0f}'}" for i, w, s in r.failures[:6])
-        table.add_row(r.judge, r.trait, str(r.n), f"{r.accuracy:.0%}", wrong + (" ..." if len(r.failures) > 6 else ""))
-    console.print(table)
-    if not results:
-        console.print("no LLM judge scores a trait of the calibration set (check judges and suites)")
+    cal = ctx.spec.calibration
+    if as_json:
+        _echo_json({"cut": cal.cut, "min_accuracy": cal.min_accuracy, "results": [r.as_dict(cal.min_per_class) for r in results]})
+    else:
+        table = Table(title=f"calibration (high = score >= {cal.cut:.0f}; the gate reads balanced accuracy)")
+        for col in ("judge", "trait", "high", "low", "balanced acc.", "AUC", "accuracy", "wrong (item: expected, got)"):
+            table.add_column(col)
+        for r in results:
+            wrong = "; ".join(f"{i}: {w}, {'none' if s is None else f'{s:.0f}'}" for i, w, s in r.failures[:6])
+            wrong += " ..." if len(r.failures) > 6 else ""
+            thin = r.too_few(cal.min_per_class)
+            ba, auc = r.balanced_accuracy, r.auc
+            table.add_row(
+                r.judge,
+                r.trait,
+                str(r.n_high),
+                str(r.n_low),
+                thin or ("-" if ba is None else f"{ba:.0%}"),
+                "-" if auc is None else f"{auc:.2f}",
+                f"{r.accuracy:.0%}",
+                (f"{r.missing} unscored; " if r.missing else "") + wrong,
+            )
+        console.print(table)
+        if not results:
+            console.print("no LLM judge scores a trait of the calibration set (check judges and suites)")
     gate(ctx, results)
 
 

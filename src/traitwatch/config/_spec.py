@@ -634,7 +634,15 @@ class CalibrationSpec(_Strict):
 
     set: str = Field(default="builtin:default", description="builtin:default or a calibration JSONL file.")
     min_accuracy: Annotated[float, Field(ge=0, le=1)] = Field(
-        default=0.0, description="Judging stops before it starts when an LLM judge's accuracy on any trait is below this (0: no gate)."
+        default=0.0,
+        description=(
+            "Judging stops before it starts when an LLM judge's balanced accuracy (mean recall on high and on low items, "
+            "docs/judges.md) on any trait is below this, or when a trait has too few items of a class (0: no gate)."
+        ),
+    )
+    min_per_class: Annotated[int, Field(ge=1)] = Field(
+        default=3,
+        description="A trait needs at least this many high and this many low items to be judged; with a gate, fewer stops judging.",
     )
     cut: Annotated[float, Field(ge=0, le=100)] = Field(default=50.0, description="Scores at or above count as high, below as low.")
 

@@ -2,7 +2,11 @@
 
 Why: a judge that cannot tell a malicious answer from a refusal would make every curve
 after it meaningless; checking it on a few dozen labelled items costs little and fails the
-study early (``calibration.min_accuracy``). Stored judgments are reused like any other.
+study early (``calibration.min_accuracy``). The gate reads balanced accuracy, not plain
+accuracy, so a judge that scores everything alike cannot pass on a set where one class
+dominates; a trait with too few items of a class (``calibration.min_per_class``) fails the
+gate too rather than passing on a number that means nothing. Stored judgments are reused
+like any other.
 """
 
 from __future__ import annotations
@@ -63,27 +67,43 @@ def _calibrate_one(
             j = stored[k]
             results[i] = Judgment(j.score, j.reason, j.method, j.raw)
 
-    def on_result(k: int, res: Judgment) -> None:
-        i = todo[k]
-        results[i] = res
-        if not res.failed:
-            store.add_judgments([judgment_row(judge, keys[i], pairs[i][1], res)], [])
-
     if todo:
-        with stage_progress(f"calibrate {judge.name}", len(todo)):
+        with stage_progress(f"calibrate {judge.name}", len(todo)) as bar:
+
+            def on_result(k: int, res: Judgment) -> None:
+                i = todo[k]
+                results[i] = res
+                if not res.failed:
+                    store.add_judgments([judgment_row(judge, keys[i], pairs[i][1], res)], [])
+                bar.advance()
+
             judge.judge([pairs[i][1] for i in todo], on_result=on_result)
     return score_calibration(judge.name, pairs, results, ctx.spec.calibration.cut)
 
 
 def gate(ctx: StudyContext, results: Sequence[CalibrationResult]) -> None:
-    """Raise JudgeError when a judge is below calibration.min_accuracy on any trait."""
-    need = ctx.spec.calibration.min_accuracy
+    """Raise JudgeError when a gated judge has too few items of a class on a trait, or a
+    balanced accuracy below calibration.min_accuracy on it (the first such trait)."""
+    spec = ctx.spec.calibration
+    need = spec.min_accuracy
+    if need <= 0:
+        return
     for r in results:
-        if need > 0 and r.accuracy < need:
+        thin = r.too_few(spec.min_per_class)
+        if thin is not None:
+            raise JudgeError(
+                f"{thin} of trait {r.trait} for judge '{r.judge}' ({r.n_high} high, {r.n_low} low; "
+                f"calibration.min_per_class is {spec.min_per_class})",
+                where="calibration.set",
+                fix=f"add {r.trait} items of the missing class to the calibration set, or lower calibration.min_per_class",
+            )
+        balanced = r.balanced_accuracy or 0.0
+        if balanced < need:
             shown = ", ".join(f"{i} (expected {w}, got {'none' if s is None else f'{s:.0f}'})" for i, w, s in r.failures[:4])
             raise JudgeError(
-                f"judge '{r.judge}' is {r.accuracy:.0%} accurate on the calibration set for trait {r.trait} "
-                f"(minimum {need:.0%}; {r.n - r.correct} of {r.n} wrong: {shown})",
+                f"judge '{r.judge}' has a balanced accuracy of {balanced:.0%} on the calibration set for trait {r.trait} "
+                f"(minimum {need:.0%}; high {r.correct_high} of {r.n_high} right, low {r.correct_low} of {r.n_low} right, "
+                f"plain accuracy {r.accuracy:.0%}; wrong: {shown})",
                 where=f"judge {r.judge}",
                 fix="use a stronger judge or a clearer rubric, or lower calibration.min_accuracy",
             )
