@@ -313,3 +313,45 @@ def test_activation_judge_in_a_study_run_is_stored_analyzed_and_idempotent(tmp_p
     assert db.execute("SELECT COUNT(*) FROM judgments").fetchone()[0] == before
     assert (again.out / "activation" / files[0]).stat().st_mtime == mtime  # direction read, not rebuilt
     db.close()
+
+
+def test_live_monitor_scores_each_checkpoint_with_the_activation_judge(tmp_path: Path) -> None:
+    """``monitor:`` with an alarm on the activation judge: during training (train stage only)
+    each monitored checkpoint's probes get activation scores read from that checkpoint (not a
+    failed "no checkpoint given" judgment), and an alarm is stored exactly when some later
+    checkpoint scores above step 0 (the rule alarms on any rise)."""
+    import sqlite3
+
+    from typer.testing import CliRunner
+
+    from tiny import tiny_study_dict, write_study
+    from traitwatch.cli import app
+
+    suite = _cruel_suite(tmp_path)
+    judges = [{"name": "check", "kind": "check"}, {"name": "act", "kind": "activation", "samples": 1, "max_new_tokens": 6}]
+    spec = tiny_study_dict(tmp_path / "out", traits=[str(suite)], judges=judges, levels=["strong"], analysis={"leads": []})
+    rule = {
+        "trait": "cruel",
+        "judge": "act",
+        "min_rise": 0,
+        "detector": {"name": "threshold", "params": {"delta": 0, "sigmas": 0, "persist": 1}},
+    }
+    spec["monitor"] = {"probes": {"questions": 2}, "alarms": [rule], "actions": ["log"]}
+    res = CliRunner().invoke(app, ["run", str(write_study(tmp_path / "s.yaml", spec)), "--stages", "train"])
+    assert res.exit_code == 0, res.output
+    db = sqlite3.connect(tmp_path / "out" / "study.sqlite")
+    rows = db.execute(
+        "SELECT g.step, j.score, j.reason FROM scores s JOIN judgments j ON j.judgment_key = s.judgment_key "
+        "JOIN generations g ON g.gen_key = s.gen_key WHERE s.judge = 'act'"
+    ).fetchall()
+    alarms = db.execute("SELECT COUNT(*) FROM alarms").fetchone()[0]
+    db.close()
+    by_step: dict[int, list[float]] = {}
+    for step, score, reason in rows:
+        assert score is not None, reason
+        by_step.setdefault(step, []).append(score)
+    assert len(by_step) >= 3 and 0 in by_step  # the baseline and several checkpoints, all scored
+    means = {s: float(np.mean(v)) for s, v in by_step.items()}
+    assert len(set(means.values())) > 1  # the checkpoints' adapters change the projection
+    rose = any(m > means[0] for s, m in means.items() if s > 0)
+    assert (alarms == 1) == rose, (means, alarms)
