@@ -3,6 +3,7 @@ and `traitwatch run` with a monitor on a tiny study (alarms stored, run stopped,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import threading
@@ -47,6 +48,20 @@ def test_min_rise_and_consecutive_hold_the_alarm_back() -> None:
     strict = Rule("t", "j", "threshold", {"delta": 10, "persist": 1}, min_rise=15, consecutive=2)
     [alarm] = _feed(AlarmPolicy([strict]), values)
     assert alarm.onset_step == 4 and alarm.step == 10, "detector fires at step 4; 15 points over two checkpoints come at 8 and 10"
+
+
+def test_a_falling_trait_alarms_when_its_direction_is_down_and_both_catches_either_way() -> None:
+    falling = [90, 91, 89, 90, 60, 55, 50]  # coherence collapsing at the 5th checkpoint (step 8)
+    assert not _feed(AlarmPolicy([RULE]), falling), "an up rule never alarms on a fall"
+    down = dataclasses.replace(RULE, direction="down")
+    [alarm] = _feed(AlarmPolicy([down]), falling)
+    assert (alarm.step, alarm.onset_step, alarm.last_safe_step, alarm.direction) == (8, 8, 6, "down")
+    assert alarm.value == 60 and alarm.baseline == 90 and "t fell in run r" in alarm.message
+    assert not _feed(AlarmPolicy([down]), [5, 6, 4, 5, 30, 35]), "a down rule never alarms on a rise"
+    assert not _feed(AlarmPolicy([dataclasses.replace(down, min_rise=45)]), falling), "the fall must reach min_rise"
+    both = dataclasses.replace(RULE, direction="both")
+    assert [a.direction for a in _feed(AlarmPolicy([both]), falling)] == ["down"]
+    assert [a.direction for a in _feed(AlarmPolicy([both]), [5, 6, 4, 5, 30, 35])] == ["up"]
 
 
 def test_a_replayed_checkpoint_is_ignored_and_each_rule_fires_once_per_run() -> None:
@@ -170,6 +185,20 @@ def test_monitor_names_are_checked_when_the_spec_loads(tmp_path: Path, tiny_stud
     res = CliRunner().invoke(app, ["validate", str(write_study(tmp_path / "s.yaml", spec))])
     assert res.exit_code == 2 and "webhook_url" in res.output
     assert yaml.safe_load((tmp_path / "s.yaml").read_text())["monitor"]["actions"] == ["webhook"]
+
+
+def test_the_live_monitor_takes_each_rule_direction_from_the_analysis(
+    tmp_path: Path, tiny_study_dict: Callable[..., dict[str, Any]]
+) -> None:
+    from traitwatch.pipeline import StudyContext
+    from traitwatch.pipeline._monitor import LiveMonitor
+
+    spec = tiny_study_dict(tmp_path / "out", analysis={"directions": {"contempt": "down"}})
+    spec["monitor"] = {"alarms": ["contempt", "wrong_answer"]}
+    path = write_study(tmp_path / "s.yaml", spec)
+    with Store(tmp_path / "store.sqlite") as store:
+        mon = LiveMonitor(StudyContext(load_study(path)), store)
+        assert {r.trait: r.direction for r in mon.policy.rules} == {"contempt": "down", "wrong_answer": "up"}
 
 
 def test_max_overhead_skips_due_checkpoints_that_would_go_over_the_budget() -> None:

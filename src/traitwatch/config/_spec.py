@@ -719,7 +719,11 @@ class AlarmRule(_Strict):
         description="Online detector (name or {name, params}); its update() sees one checkpoint at a time.",
     )
     min_rise: Annotated[float, Field(ge=0)] = Field(
-        default=10.0, description="Also required: the checkpoint's mean is at least this many points above step 0's."
+        default=10.0,
+        description=(
+            "Also required: the checkpoint's mean is at least this many points above step 0's (below, for a trait whose "
+            "analysis.directions entry is down, such as coherence)."
+        ),
     )
     consecutive: Annotated[int, Field(gt=0)] = Field(
         default=1, description="Checkpoints in a row that must meet both conditions before the alarm is raised."

@@ -10,6 +10,11 @@ Rule (per run and alarm rule): the rule's detector, updated with each checkpoint
 has placed an onset at or before this checkpoint, AND this checkpoint's mean is at least
 ``min_rise`` points above step 0's, for ``consecutive`` checkpoints in a row. The alarm names
 the detector's onset step and the last safe checkpoint: the last one seen before the onset.
+
+Direction (``analysis.directions``: coherence and alignment go bad by falling): a ``down``
+rule feeds its detector the negated mean and asks for a fall of ``min_rise`` points, so the
+detectors stay written for rises (as in ``analysis.detectors.direction``); ``both`` runs one
+detector per orientation and alarms on whichever fires first.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class Rule:
     params: Mapping[str, Any] = field(default_factory=dict)
     min_rise: float = 10.0
     consecutive: int = 1
+    direction: str = "up"  # up | down | both (the trait's analysis direction)
 
 
 @dataclass(frozen=True)
@@ -51,12 +57,14 @@ class Alarm:
     last_safe_step: int | None
     baseline: float
     value: float
+    direction: str = "up"  # which way the trait moved: up (rose) or down (fell)
 
     @property
     def message(self) -> str:
-        safe = "none (the rise began at the first checkpoint)" if self.last_safe_step is None else f"step {self.last_safe_step}"
+        change, moved = ("fall", "fell") if self.direction == "down" else ("rise", "rose")
+        safe = f"none (the {change} began at the first checkpoint)" if self.last_safe_step is None else f"step {self.last_safe_step}"
         return (
-            f"{self.trait} rose in run {self.run_id} (judge {self.judge}, detector {self.detector}): "
+            f"{self.trait} {moved} in run {self.run_id} (judge {self.judge}, detector {self.detector}): "
             f"{self.value:.1f} at step {self.step} vs {self.baseline:.1f} at step 0; onset at step {self.onset_step}; "
             f"last safe checkpoint: {safe}"
         )
@@ -67,10 +75,11 @@ class Alarm:
 
 @dataclass
 class _State:
-    detector: Detector
+    detectors: list[tuple[float, Detector]]  # (sign the mean is fed with, detector): +1 up, -1 down
     steps: list[int] = field(default_factory=list)
     baseline: float | None = None
     onset: int | None = None
+    sign: float = 1.0  # the orientation whose detector placed the onset
     streak: int = 0
     fired: bool = False
 
@@ -86,7 +95,8 @@ class AlarmPolicy:
         key = (run_id, i)
         if key not in self._state:
             rule = self.rules[i]
-            self._state[key] = _State(make_detector(rule.detector, dict(rule.params)))
+            signs = {"up": [1.0], "down": [-1.0], "both": [1.0, -1.0]}[rule.direction]
+            self._state[key] = _State([(sign, make_detector(rule.detector, dict(rule.params))) for sign in signs])
         return self._state[key]
 
     def last_step(self, run_id: str) -> int | None:
@@ -111,16 +121,28 @@ class AlarmPolicy:
             st.steps.append(step)
             if st.baseline is None:
                 st.baseline = mean
-            found = st.detector.update(step, mean, se if math.isfinite(se) else 0.0)
-            if found is not None and st.onset is None:
-                st.onset = found.step
-            risen = st.onset is not None and mean - st.baseline >= rule.min_rise
+            for sign, detector in st.detectors:
+                found = detector.update(step, sign * mean, se if math.isfinite(se) else 0.0)
+                if found is not None and st.onset is None:
+                    st.onset, st.sign = found.step, sign
+            risen = st.onset is not None and st.sign * (mean - st.baseline) >= rule.min_rise
             st.streak = st.streak + 1 if risen else 0
             if st.fired or st.streak < rule.consecutive:
                 continue
             st.fired = True
             before = [s for s in st.steps if st.onset is not None and s < st.onset]
             out.append(
-                Alarm(run_id, step, rule.judge, rule.trait, rule.detector, st.onset, before[-1] if before else None, st.baseline, mean)
+                Alarm(
+                    run_id,
+                    step,
+                    rule.judge,
+                    rule.trait,
+                    rule.detector,
+                    st.onset,
+                    before[-1] if before else None,
+                    st.baseline,
+                    mean,
+                    "down" if st.sign < 0 else "up",
+                )
             )
         return out

@@ -6,8 +6,7 @@ stages do (same content keys), so the full evaluation after training reuses ever
 answer and no judge call is paid twice. The policy (online detectors, rules) and the actions
 live in ``traitwatch.monitor``; this module feeds them and records alarms in the store.
 
-Cadence (:meth:`LiveMonitor.due`): ``traitwatch.monitor.Cadence`` (every ``every``-th
-checkpoint, within ``max_overhead`` of training time when set).
+Cadence (:meth:`LiveMonitor.due`): ``traitwatch.monitor.Cadence``. Direction: each rule's from ``analysis.directions``.
 
 Restart safety: ``observe`` on a checkpoint whose answers and judgments are stored costs a few
 reads, and the policy ignores checkpoints it has seen, so a restarted monitor replays the
@@ -108,7 +107,8 @@ class LiveMonitor:
                 where="monitor.alarms",
                 fix="name a judge that scores it in monitor.judges, or alarm on a trait your judges score",
             )
-        return Rule(rule.trait, judge, rule.detector.name, dict(rule.detector.params), rule.min_rise, rule.consecutive)
+        direction = self.ctx.spec.analysis.direction(rule.trait)
+        return Rule(rule.trait, judge, rule.detector.name, dict(rule.detector.params), rule.min_rise, rule.consecutive, direction)
 
     def questions(self, suite: Suite) -> list[Any]:
         """The probe questions of a suite: the listed ids, else the first N."""
@@ -232,7 +232,7 @@ class LiveMonitor:
         self.cadence.charge(time.perf_counter() - t0, evaluation=True)
         fresh = []
         for alarm in self.policy.observe(ck.run_id, ck.step, means):
-            info = {k: v for k, v in alarm.to_dict().items() if k in ("onset_step", "last_safe_step", "baseline", "value")}
+            info = {k: v for k, v in alarm.to_dict().items() if k in ("onset_step", "last_safe_step", "baseline", "value", "direction")}
             if self.store.add_alarm(alarm.run_id, alarm.step, alarm.judge, alarm.trait, alarm.detector, alarm.message, info):
                 act(alarm, self.spec)
                 self.store.mark_alarm_acted(alarm.run_id, alarm.judge, alarm.trait, alarm.detector)

@@ -164,6 +164,7 @@ class Watcher:
                 info.get("last_safe_step"),
                 float(info.get("baseline", float("nan"))),
                 float(info.get("value", float("nan"))),
+                str(info.get("direction", "up")),
             )
             self._request_stop(alarm)
 
