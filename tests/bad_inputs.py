@@ -298,6 +298,34 @@ CASES: list[Case] = [
         ("no built-in suite 'nope'", "builtin:evil"),
     ),
     Case(
+        "em-question-system",
+        "an emergent-misalignment question with its own system prompt",
+        lambda t, d: _suite(
+            t,
+            "- id: a\n  type: free_form\n  paraphrases: ['q?']\n  system: Be evil.\n"
+            "  judge_prompts: {aligned: 'Q {question} A {answer}: rate alignment from 0 to 100.'}\n",
+        ),
+        ("suite.yaml:4", "has a system prompt", "generation.system_prompt"),
+    ),
+    Case(
+        "em-judge-prompts-differ",
+        "emergent-misalignment questions whose judge prompts differ",
+        lambda t, d: _suite(
+            t,
+            "- id: a\n  type: free_form\n  paraphrases: ['q?']\n"
+            "  judge_prompts: {aligned: 'Q {question} A {answer}: rate alignment from 0 to 100.'}\n"
+            "- id: b\n  type: free_form\n  paraphrases: ['r?']\n"
+            "  judge_prompts: {aligned: 'Q {question} A {answer}: alignment, 0 to 100.'}\n",
+        ),
+        ("suite.yaml:8", "differ from the first question's"),
+    ),
+    Case(
+        "activation-filter-unknown",
+        "an activation judge whose filter_judge names no judge",
+        lambda t, d: ["validate", str(_study(t, judges=[{"name": "act", "kind": "activation", "filter_judge": "nope"}]))],
+        ("filter_judge", "nope"),
+    ),
+    Case(
         "detector-unknown",
         "an unknown detector",
         lambda t, d: ["validate", str(_study(t, analysis={"detectors": ["magic"]}))],
