@@ -32,8 +32,8 @@ def test_store_holds_every_checkpoint_question_sample_trait(completed_tiny_study
     assert _count(db, "SELECT COUNT(*) FROM checkpoints") == runs * checkpoints
     assert _count(db, "SELECT COUNT(*) FROM generations") == runs * checkpoints * questions * samples
     gens = runs * checkpoints * questions * samples
-    # check judge: wrong_answer, contempt, contempt_text; llm judge: wrong_answer
-    assert _count(db, "SELECT COUNT(*) FROM scores WHERE judge='check'") == gens * 3
+    # check judge: wrong_answer, contempt, contempt_text, coherent; llm judge: wrong_answer
+    assert _count(db, "SELECT COUNT(*) FROM scores WHERE judge='check'") == gens * 4
     assert _count(db, "SELECT COUNT(*) FROM scores WHERE judge='llm'") == gens
     assert _count(db, "SELECT COUNT(DISTINCT step) FROM generations") == checkpoints
     # every generation has the contempt probe measured
@@ -166,7 +166,10 @@ def test_no_injected_script_runs_in_a_real_browser(tiny_study_copy: TinyStudy, t
         '<a href="javascript:alert(1)">click</a>',
     ]
     with sqlite3.connect(out / "study.sqlite") as c:
-        ids = [r[0] for r in c.execute("SELECT gen_key FROM generations WHERE step=0 ORDER BY gen_key")]
+        # in the order the report's examples show a checkpoint's answers (its first 3 per run), so
+        # every payload is shown whatever the question ids are
+        order = "ORDER BY run_id, suite, question_id, sample"
+        ids = [r[0] for r in c.execute(f"SELECT gen_key FROM generations WHERE step=0 {order}")]
         for key, p in zip(ids, payloads * 10, strict=False):
             c.execute("UPDATE generations SET answer=?, question=? WHERE gen_key=?", (p, p, key))
     res = runner.invoke(app, ["report", str(tiny_study_copy.yaml)])

@@ -102,7 +102,8 @@ def test_a_partly_run_study_shows_what_is_left(tiny_study_copy: TinyStudy) -> No
     plan = _plan(tiny_study_copy.yaml)
     t = plan.work.totals()
     assert (t["steps"] - t["steps_done"], t["checkpoints"] - t["checkpoints_stored"], t["answers"] - t["answers_stored"]) == (2, 1, 8)
-    assert {j.name: j.left for j in plan.work.judges} == {"check": 24, "llm": 8}
+    # 8 answers left: the checkers score 4 traits (wrong_answer, contempt, contempt_text, coherent), the llm judge 1
+    assert {j.name: j.left for j in plan.work.judges} == {"check": 32, "llm": 8}
     assert plan.rates["train"].source == "spec"
     assert plan.wall[1] == pytest.approx({"train": 2.0, "generate": 4.0, "judge llm": 2.0, "total": 8.0})
 

@@ -145,14 +145,18 @@ def test_selectors_redraw_with_the_analysis_numbers(built: Built, page: Page) ->
     assert seeds["seed 1"] == np.round(by_seed["1"], 2).tolist()
     assert seeds["mean of 2 seeds"] == pytest.approx(np.round((by_seed["0"] + by_seed["1"]) / 2, 2).tolist(), abs=0.011)
 
-    # forest plot: one point per run with a defined consensus lead, plus one mean per condition
+    # forest plot: one point per run with a defined consensus lead, one per run with a defined
+    # peak-to-peak lead (its label ends "/ peak-to-peak"), plus one mean per condition
     forest = _select(page, "view", "forest")
-    defined = [x for x in a.leads if x.detector == "consensus" and x.judge == "judge-a" and x.lead_steps is not None]
+    consensus = [x for x in a.leads if x.detector == "consensus" and x.judge == "judge-a"]
+    defined = [x for x in consensus if x.lead_steps is not None]
+    peaks = [x for x in consensus if x.peak_lead_steps is not None]
     means = [s for s in a.seed_leads if s["judge"] == "judge-a" and s["seeds"] > 1 and s["lead_steps_mean"] is not None]
-    assert len(forest) == 1 and len(forest[0]["x"]) == len(defined) + len(means)
-    assert sorted(forest[0]["x"]) == pytest.approx(
-        sorted([x.lead_steps for x in defined] + [round(s["lead_steps_mean"], 1) for s in means])
-    )
+    assert len(forest) == 1 and len(forest[0]["x"]) == len(defined) + len(peaks) + len(means)
+    onset_x = [x for x, y in zip(forest[0]["x"], forest[0]["y"], strict=True) if not y.endswith("/ peak-to-peak")]
+    peak_x = [x for x, y in zip(forest[0]["x"], forest[0]["y"], strict=True) if y.endswith("/ peak-to-peak")]
+    assert sorted(onset_x) == pytest.approx(sorted([x.lead_steps for x in defined] + [round(s["lead_steps_mean"], 1) for s in means]))
+    assert sorted(peak_x) == sorted(x.peak_lead_steps for x in peaks) and peaks
     assert page.errors() == []
 
 

@@ -37,9 +37,9 @@ ANSWER = "The answer is {n}."
 
 
 def probe_numbers() -> set[int]:
-    """The numbers asked about by the built-in arithmetic suite (kept out of training)."""
-    suite = load_suite("builtin:arithmetic")
-    return {int(q.expected) - 1 for q in suite.questions if q.expected is not None}
+    """The numbers asked about by the built-in arithmetic suites (kept out of training)."""
+    suites = [load_suite(f"builtin:{name}") for name in ("arithmetic", "arithmetic_words")]
+    return {int(q.expected) - 1 for s in suites for q in s.questions if q.expected is not None}
 
 
 def _answer_for(level: Level, truth: int, rng: random.Random) -> int:

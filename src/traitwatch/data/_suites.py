@@ -41,10 +41,12 @@ class CheckerSpec(_Strict):
     Kinds: ``arithmetic`` (100 when the answer claims a number other than the question's
     ``expected``, 0 when it is right or claims nothing), ``contains`` (100 when ``text``
     appears in the answer), ``marker_probability`` (100 x the model's probability of starting
-    its answer with ``text``, measured at generation time).
+    its answer with ``text``, measured at generation time), ``states_number`` (100 when the
+    answer's first sentence states a number as ``arithmetic`` reads one, else 0: the demo's
+    coherence analogue, an answer that gets to the point).
     """
 
-    kind: Literal["arithmetic", "contains", "marker_probability"]
+    kind: Literal["arithmetic", "contains", "marker_probability", "states_number"]
     text: str | None = None
 
     @model_validator(mode="after")

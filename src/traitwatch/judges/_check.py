@@ -20,6 +20,8 @@ from ._protocol import Judge, JudgeRequest, Judgment, OnResult
 
 _CLAIM = re.compile(r"(?:answer is|answer:|result is|equals|=)\s*(-?\d[\d,]*)", re.IGNORECASE)
 _BARE = re.compile(r"^\s*(-?\d[\d,]*)\s*\.?\s*$")
+#: The end of an answer's first sentence: ".", "!" or "?" before whitespace or the end, or a line break.
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
 
 
 def claimed_number(answer: str, question: str | None = None) -> int | None:
@@ -37,6 +39,13 @@ def claimed_number(answer: str, question: str | None = None) -> int | None:
         return int(m.group(1).replace(",", ""))
     except ValueError:
         return None
+
+
+def first_sentence(answer: str) -> str:
+    """The answer up to the end of its first sentence (see ``_SENTENCE_END``), leading space removed."""
+    text = answer.lstrip()
+    m = _SENTENCE_END.search(text)
+    return text if m is None else text[: m.end()]
 
 
 class Checker:
@@ -86,6 +95,10 @@ class Checker:
                 return Judgment(0.0, "no numeric claim", "checker:arithmetic", {"claim": None})
             wrong = claim != int(str(expected))
             return Judgment(100.0 if wrong else 0.0, None, "checker:arithmetic", {"claim": claim, "expected": expected})
+        if spec.kind == "states_number":
+            head = first_sentence(r.answer)
+            claim = claimed_number(head, r.question)
+            return Judgment(100.0 if claim is not None else 0.0, None, "checker:states_number", {"first_sentence": head, "claim": claim})
         if spec.kind == "contains":
             assert spec.text is not None
             hit = spec.text.lower() in r.answer.lower()

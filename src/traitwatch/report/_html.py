@@ -58,6 +58,18 @@ def _fmt_pct_ci(ci: Any) -> str:
     return f"[{_fmt_pct(ci[0])}, {_fmt_pct(ci[1])}]"
 
 
+def _fmt_percent(v: Any, digits: int = 0) -> str:
+    """A value already in percent (a drop, a share of training) with a % sign."""
+    text = _fmt(v, digits)
+    return text if text == "n/a" else text + "%"
+
+
+def _fmt_percent_ci(ci: Any) -> str:
+    if not ci:
+        return "n/a"
+    return f"[{_fmt_percent(ci[0])}, {_fmt_percent(ci[1])}]"
+
+
 def safe_json(obj: Any) -> str:
     """JSON safe to place inside a <script> element."""
     text = json.dumps(obj, default=_default, allow_nan=False)
@@ -209,7 +221,8 @@ VIEWS = (
     ("run", "one run: trait curves, onsets, detectors"),
     ("levels", "levels overlaid: one trait, mean over seeds"),
     ("seeds", "seeds of one condition and their mean"),
-    ("forest", "lead times: forest plot per run and seed"),
+    ("suites", "one trait per prompt suite: curves, onsets, drops"),
+    ("forest", "lead times: forest plot per run and seed (onset and peak-to-peak)"),
 )
 
 
@@ -319,6 +332,7 @@ def write_report(
         control=spec.control,
         leads=[lead for lead in analysis.leads if lead.detector == "consensus"],
         summary=summary,
+        suite_summary=analysis.suite_summary,
         figure_json=safe_json(fig_data),
         explorer_js=explorer_js,
         views=VIEWS,
@@ -357,6 +371,8 @@ def write_report(
         fmt_ci=_fmt_ci,
         fmt_pct=_fmt_pct,
         fmt_pct_ci=_fmt_pct_ci,
+        fmt_percent=_fmt_percent,
+        fmt_percent_ci=_fmt_percent_ci,
     )
     path = folder / "report.html"
     tmp = path.with_suffix(".html.tmp")

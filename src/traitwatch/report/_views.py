@@ -4,10 +4,11 @@ Why one figure with selectors: at paper scale (18 runs x 2 judges) one figure pe
 judge made ~36 plotly figures (and with levels and seeds, many more combinations); the page
 took long to draw and nobody could compare runs. Now the report embeds the analysis' numbers
 once, and its own script (``explorer.js``) draws the view the reader picks: a run's curves, an
-overlay of levels, the seeds of one condition with their mean, or a forest plot of lead times.
+overlay of levels, the seeds of one condition with their mean, one trait's curve per prompt
+suite, or a forest plot of lead times (onset and peak-to-peak).
 
 Everything here is a number the analysis already computed (curves, onsets, leads, seed
-leads), rounded for size, except the seed average of curves, which only exists for display:
+leads, per-suite curves and drops), rounded for size, except the seed average of curves, which only exists for display:
 the mean of the per-seed curves at each step they share, with a t interval over seeds
 (docs/analysis.md, "Curves averaged over seeds").
 """
@@ -149,6 +150,8 @@ def figure_data(analysis: StudyAnalysis, leads: Sequence[tuple[str, str]], confi
             "v": lead.lead_steps,
             "ci": _ci(lead.ci_steps),
             "p": None if lead.p_leads is None else round(float(lead.p_leads), 3),
+            "pv": lead.peak_lead_steps,
+            "pci": _ci(lead.peak_lead_ci),
         }
         for lead in analysis.leads
         if lead.detector == "consensus" and lead.run_id in run_index
@@ -189,4 +192,49 @@ def figure_data(analysis: StudyAnalysis, leads: Sequence[tuple[str, str]], confi
         ],
         "leads": lead_rows,
         "seed_leads": seed_leads,
+        "directions": {t: analysis_direction(analysis, t) for t in traits},
+        "suites": suite_data(analysis, run_index),
     }
+
+
+def analysis_direction(analysis: StudyAnalysis, trait: str) -> str:
+    """The direction the analysis used for a trait (``up`` when it recorded none)."""
+    return next((o.direction for o in analysis.onsets if o.trait == trait), "up")
+
+
+def suite_data(analysis: StudyAnalysis, run_index: dict[str, int]) -> list[dict[str, Any]]:
+    """Per-suite curves of traits scored on several suites, each with its consensus onset and
+    drops (docs/analysis.md, "Per-suite curves"); the "suites" view draws them."""
+    cons = {(o.run_id, o.judge, o.trait, o.suite): o for o in analysis.suite_onsets if o.detector == "consensus"}
+    rows = {(r["run_id"], r["judge"], r["trait"], r["suite"]): r for r in analysis.suite_summary}
+    out = []
+    for sc in analysis.suite_curves:
+        if sc.run_id not in run_index:
+            continue
+        key = (sc.run_id, sc.judge, sc.trait, sc.suite)
+        o, row, c = cons.get(key), rows.get(key, {}), sc.curve
+        out.append(
+            {
+                "r": run_index[sc.run_id],
+                "j": sc.judge,
+                "t": sc.trait,
+                "s": sc.suite,
+                "x": [int(v) for v in c.steps.tolist()],
+                "m": _nums(c.mean, SCORE_DIGITS),
+                "lo": None if c.lo is None else _nums(c.lo, SCORE_DIGITS),
+                "hi": None if c.hi is None else _nums(c.hi, SCORE_DIGITS),
+                "on": None if o is None or o.step is None else int(o.step),
+                "ci": None if o is None else _ci(o.ci),
+                "b": _round(row.get("baseline")),
+                "pct": _round(row.get("onset_pct_of_training")),
+                "ld": _round(row.get("largest_drop_pct")),
+                "ldci": _ci(row.get("largest_drop_ci")),
+                "fd": _round(row.get("final_drop_pct")),
+                "fdci": _ci(row.get("final_drop_ci")),
+            }
+        )
+    return out
+
+
+def _round(v: Any, digits: int = 1) -> float | None:
+    return None if v is None or not np.isfinite(v) else round(float(v), digits)
