@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         sweeps: list[tuple[str, dict[str, object]]] = []
         for p in (1, 2, 3, 5, 8, 12):
             sweeps += [("pelt", {"penalty_scale": p}), ("binseg", {"penalty_scale": p})]
+        sweeps += [("pelt", {"persist": 1}), ("binseg", {"persist": 1})]  # no persistence rule
         for h in (30, 100, 300, 1000):
             sweeps.append(("bocpd", {"hazard": h}))
         for persist in (1, 2, 3, 4):

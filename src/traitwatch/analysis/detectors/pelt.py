@@ -1,7 +1,7 @@
 """PELT (ruptures): exact optimal segmentation under a linear penalty.
 
-Penalty and cost as in :class:`.segment.RupturesSegmenter`: ``pen = penalty_scale * log(n)``
-on values in noise units, L2 cost by default.
+Penalty and cost as in :mod:`.segment`: ``pen = penalty_scale * log(n)`` on values in the
+series' own noise units, ``penalty_scale`` 3 (the modified BIC's per-change cost), L2 cost.
 """
 
 from __future__ import annotations
