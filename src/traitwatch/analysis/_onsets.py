@@ -6,6 +6,7 @@ CI is computed from paired replicate curves, not from two independent intervals.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -83,7 +84,9 @@ def trait_curve(ts: TraitSamples, boot: SharedBootstrap, confidence: float) -> T
     reps = boot.replicate_means(ts) if boot.n_boot > 0 else np.empty((0, mean.size))
     alpha = (1 - confidence) / 2
     if reps.shape[0] >= 2:
-        with np.errstate(invalid="ignore"):
+        # checkpoints with no scored answer (all replicates NaN) are expected: numpy warns, we don't
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
             se = np.nanstd(reps, axis=0, ddof=1)
             lo = np.nanquantile(reps, alpha, axis=0)
             hi = np.nanquantile(reps, 1 - alpha, axis=0)
