@@ -170,3 +170,19 @@ def test_missing_or_unknown_judge_kind_is_one_clear_line(tmp_path: Path) -> None
     assert msg.startswith("study.yaml:8: judges[0].kind: unknown kind (got 'open-ai')")
     assert "did you mean 'openai'?" in msg and "use one of: check, local, openai" in msg
     assert "\n" not in msg
+
+
+def test_a_folder_stands_for_its_only_study_file(tmp_path: Path, tiny_study_dict: Callable[..., dict[str, Any]]) -> None:
+    """``traitwatch export traitwatch-demo``: the demo writes demo.yaml into its folder."""
+    folder = tmp_path / "study"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match="holds no study file"):
+        load_study(folder)
+    (folder / "demo.yaml").write_text(yaml.safe_dump(tiny_study_dict(".")))
+    (folder / "notes.txt").write_text("not a study")
+    spec = load_study(folder)
+    assert spec == load_study(folder / "demo.yaml") and spec.output_dir == folder.resolve()
+    (folder / "other.yml").write_text("name: x\n")
+    with pytest.raises(ConfigError, match=r"holds 2 YAML files \(demo.yaml, other.yml\)") as exc:
+        load_study(folder)
+    assert "Fix: pass the study's YAML file" in str(exc.value)

@@ -37,7 +37,13 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
-StudyArg = Annotated[Path, typer.Argument(help="The study spec (YAML). See examples/ and docs/config.md.", show_default=False)]
+StudyArg = Annotated[
+    Path,
+    typer.Argument(
+        help="The study spec (YAML), or a folder holding exactly one (like the demo's). See examples/ and docs/config.md.",
+        show_default=False,
+    ),
+]
 
 
 def friendly(fn: F) -> F:

@@ -363,10 +363,24 @@ def parse_study(data: Any, *, file: str = "<study>", lines: dict[Loc, int] | Non
 
 
 def load_study(path: str | Path) -> StudySpec:
-    """Load and validate a study YAML file; raises ConfigError with file:line on any problem."""
+    """Load and validate a study YAML file; raises ConfigError with file:line on any problem.
+
+    A folder stands for the one YAML file at its top (``traitwatch demo`` writes ``demo.yaml``
+    into its output folder, so ``traitwatch report traitwatch-demo`` works)."""
     path = Path(path)
+    if path.is_dir():
+        path = _study_file_in(path)
     data, lines = read_yaml(path)
     return parse_study(data, file=str(path), lines=lines, base=path.resolve().parent)
+
+
+def _study_file_in(folder: Path) -> Path:
+    """The study file a folder holds: its only top-level ``.yaml`` / ``.yml`` file."""
+    found = sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    if len(found) == 1:
+        return found[0]
+    what = "holds no study file (.yaml)" if not found else f"holds {len(found)} YAML files ({', '.join(p.name for p in found)})"
+    raise ConfigError(f"is a folder that {what}", where=str(folder), fix="pass the study's YAML file itself, like examples/demo.yaml")
 
 
 def dump_study(spec: StudySpec) -> str:
