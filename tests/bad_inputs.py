@@ -189,6 +189,15 @@ CASES: list[Case] = [
         ("model names must be unique",),
     ),
     Case(
+        "activation-several-models",
+        "an activation judge in a study of several models",
+        lambda t, d: [
+            "validate",
+            str(_study(t, models=[{"name": "a", **TINY}, {"name": "b", **TINY}], judges=[{"name": "act", "kind": "activation"}])),
+        ],
+        ("activation judge", "several 'models'"),
+    ),
+    Case(
         "optimizer-8bit-without-bitsandbytes",
         "`training.optimizer: adamw_8bit` where bitsandbytes is not installed",
         lambda t, d: ["run", str(_study(t, training={"optimizer": "adamw_8bit", "max_steps": 2}))],

@@ -998,6 +998,8 @@ class StudySpec(_Strict):
             raise ValueError("'model' differs from the first of 'models'; give only 'models' (the first is the study's model)")
         if len(set(self.learning_rates)) != len(self.learning_rates):
             raise ValueError("learning_rates must be unique")
+        if len(self.models) > 1 and any(isinstance(j, ActivationJudgeSpec) for j in self.judges):
+            raise ValueError("an activation judge reads its directions from one base model; with several 'models' leave it out")
         if len(self.models) > 1 and self.monitor is not None:
             raise ValueError("a live monitor watches one base model; with several 'models' leave out 'monitor' (or a study per model)")
         if self.monitor is not None:
