@@ -68,26 +68,31 @@ def _mean_ci(values: Sequence[float], confidence: float) -> tuple[float | None, 
     return float(np.mean(values)), None if ci is None else [ci[0], ci[1]]
 
 
+#: The columns a per-group table of runs is keyed by (model_onsets, learning_rate_table).
+_GROUP = ("model", "learning_rate", "domain", "level", "judge", "trait")
+
+
+def _grouped(summary: Sequence[dict[str, Any]], axes: dict[str, dict[str, Any]]) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Summary rows of runs with axes, grouped by :data:`_GROUP` (the group's columns, its rows), in key order."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    for row in summary:
+        ax = axes.get(row["run_id"])
+        if ax is not None:
+            groups[(ax["model"], ax["learning_rate"], row["domain"], row["level"], row["judge"], row["trait"])].append(row)
+    ordered = sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0]))
+    return [(dict(zip(_GROUP, key, strict=True)), rows) for key, rows in ordered]
+
+
 def model_onsets(summary: Sequence[dict[str, Any]], axes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (model, learning rate, domain, level, judge, trait): in how many of its seeds the
     trait has a consensus onset ("onset in k of n seeds")."""
-    groups: dict[tuple[Any, ...], list[int | None]] = defaultdict(list)
-    for row in summary:
-        ax = axes.get(row["run_id"])
-        if ax is None:
-            continue
-        groups[(ax["model"], ax["learning_rate"], row["domain"], row["level"], row["judge"], row["trait"])].append(row["onset_step"])
     out = []
-    for (model, lr, domain, level, judge, trait), steps in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+    for group, rows in _grouped(summary, axes):
+        steps = [r["onset_step"] for r in rows]
         found = [s for s in steps if s is not None]
         out.append(
-            {
-                "model": model,
-                "learning_rate": lr,
-                "domain": domain,
-                "level": level,
-                "judge": judge,
-                "trait": trait,
+            group
+            | {
                 "seeds": len(steps),
                 "onset_found": len(found),
                 "k_of_n": f"{len(found)} of {len(steps)}",
@@ -242,13 +247,8 @@ def learning_rate_table(
 ) -> list[dict[str, Any]]:
     """Per (model, learning rate, domain, level, judge, trait) over seeds: onsets found, onset
     mean, final score and final held-out loss, each mean with a t-interval (two runs or more)."""
-    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
-    for row in summary:
-        ax = axes.get(row["run_id"])
-        if ax is not None:
-            groups[(ax["model"], ax["learning_rate"], row["domain"], row["level"], row["judge"], row["trait"])].append(row)
     out = []
-    for (model, lr, domain, level, judge, trait), rows in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+    for group, rows in _grouped(summary, axes):
         onsets = [r["onset_step"] for r in rows if r.get("onset_step") is not None]
         finals = [r["final"] for r in rows if r.get("final") is not None]
         held = [h for r in rows if (h := final_heldout.get(r["run_id"])) is not None]
@@ -256,13 +256,8 @@ def learning_rate_table(
         final_mean, final_ci = _mean_ci(finals, confidence)
         held_mean, held_ci = _mean_ci(held, confidence)
         out.append(
-            {
-                "model": model,
-                "learning_rate": lr,
-                "domain": domain,
-                "level": level,
-                "judge": judge,
-                "trait": trait,
+            group
+            | {
                 "runs": len(rows),
                 "onset_found": len(onsets),
                 "onset_mean": onset_mean,

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ._samples import SharedBootstrap, TraitSamples
-from .detectors import Curve, Detector, Direction, Onset, mirrored
+from .detectors import Curve, Detector, Direction, Onset, mirrored, unmirror_evidence
 
 
 @dataclass(frozen=True)
@@ -165,26 +165,22 @@ def detect_onsets(
         ci, frac = _ci(reps.get(o.detector, []), confidence)
         ci = ci if o.step is not None else None
         results.append(OnsetResult(tc.run_id, tc.judge, tc.trait, o.detector, o.step, o.index, ci, frac, o.evidence))
-    cons = consensus([o.step for o in point])
-    idx = None if cons is None else int(np.flatnonzero(tc.curve.steps == cons)[0])
-    found = [o.step for o in point if o.step is not None]
-    ci, frac = _ci(reps.get("consensus", []), confidence)
-    ci = ci if cons is not None else None
-    spread = (max(found) - min(found)) if found else None
-    results.append(
-        OnsetResult(
-            tc.run_id,
-            tc.judge,
-            tc.trait,
-            "consensus",
-            cons,
-            idx,
-            ci,
-            frac,
-            {"spread_steps": spread, "methods": {o.detector: o.step for o in point}},
-        )
-    )
+    results.append(_consensus_result(tc, {o.detector: o.step for o in point}, reps.get("consensus", []), confidence))
     return results, reps
+
+
+def _consensus_result(
+    tc: TraitCurve, methods: dict[str, int | None], replicates: Sequence[int | None], confidence: float, direction: str = "up"
+) -> OnsetResult:
+    """The consensus row of a trait curve: the consensus of the detectors' onsets (``methods``),
+    its checkpoint, its CI from the consensus ``replicates``, and the spread between methods."""
+    cons = consensus(list(methods.values()))
+    idx = None if cons is None else int(np.flatnonzero(tc.curve.steps == cons)[0])
+    found = [s for s in methods.values() if s is not None]
+    ci, frac = _ci(replicates, confidence)
+    evidence = {"spread_steps": (max(found) - min(found)) if found else None, "methods": methods}
+    ci = ci if cons is not None else None
+    return OnsetResult(tc.run_id, tc.judge, tc.trait, "consensus", cons, idx, ci, frac, evidence, direction=direction)
 
 
 def lead_time(
@@ -213,18 +209,12 @@ def lead_time(
     )
 
 
-_LEVEL_KEYS = ("baseline", "threshold", "level")
-
-
 def _mirror_samples(tc: TraitCurve, ts: TraitSamples) -> tuple[TraitCurve, TraitSamples]:
     return TraitCurve(tc.run_id, tc.judge, tc.trait, mirrored(tc.curve)), replace(ts, X=-ts.X)
 
 
 def _unmirror(o: OnsetResult) -> OnsetResult:
-    ev = {
-        k: (-float(v) if k in _LEVEL_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool) else v) for k, v in o.evidence.items()
-    }
-    return replace(o, evidence=ev, direction="down")
+    return replace(o, evidence=unmirror_evidence(o.evidence), direction="down")
 
 
 def _earlier(a: int | None, b: int | None) -> int | None:
@@ -266,22 +256,5 @@ def detect_onsets_directed(
         results.append(replace(pick, ci=ci if pick.step is not None else None, found_fraction=frac))
     names = [d.name for d in detectors]
     reps["consensus"] = [consensus([reps[n][b] for n in names]) for b in range(min((len(reps[n]) for n in names), default=0))]
-    cons = consensus([o.step for o in results])
-    idx = None if cons is None else int(np.flatnonzero(tc.curve.steps == cons)[0])
-    found = [o.step for o in results if o.step is not None]
-    ci, frac = _ci(reps["consensus"], confidence)
-    results.append(
-        OnsetResult(
-            tc.run_id,
-            tc.judge,
-            tc.trait,
-            "consensus",
-            cons,
-            idx,
-            ci if cons is not None else None,
-            frac,
-            {"spread_steps": (max(found) - min(found)) if found else None, "methods": {o.detector: o.step for o in results}},
-            direction="both",
-        )
-    )
+    results.append(_consensus_result(tc, {o.detector: o.step for o in results}, reps["consensus"], confidence, direction="both"))
     return results, reps

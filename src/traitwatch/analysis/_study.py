@@ -29,7 +29,7 @@ from ._onsets import LeadResult, OnsetResult, TraitCurve, detect_onsets_directed
 from ._peaks import CurveShape, curve_shape, peak_lead, shape_fields
 from ._samples import SharedBootstrap, TraitSamples, arrange
 from ._suite_curves import SuiteCurve, split_by_suite
-from .detectors import Detector, make_detector
+from .detectors import Curve, Detector, make_detector
 
 
 @dataclass
@@ -357,49 +357,34 @@ def _write(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
+def _point_rows(key: dict[str, Any], c: Curve) -> list[dict[str, Any]]:
+    """``key`` plus one row per checkpoint of ``c``: step, mean, standard error, CI, answers counted."""
+    return [
+        key
+        | {
+            "step": int(c.steps[i]),
+            "mean": None if not np.isfinite(c.mean[i]) else float(c.mean[i]),
+            "se": float(c.se[i]),
+            "ci_low": None if c.lo is None or not np.isfinite(c.lo[i]) else float(c.lo[i]),
+            "ci_high": None if c.hi is None or not np.isfinite(c.hi[i]) else float(c.hi[i]),
+            "n": None if c.n is None else int(c.n[i]),
+        }
+        for i in range(len(c))
+    ]
+
+
 def curve_rows(analysis: StudyAnalysis) -> list[dict[str, Any]]:
     """One row per (run, judge, trait, step): mean, standard error, CI and answers counted."""
-    rows = []
-    for tc in analysis.curves:
-        c = tc.curve
-        for i in range(len(c)):
-            rows.append(
-                {
-                    "run_id": tc.run_id,
-                    "judge": tc.judge,
-                    "trait": tc.trait,
-                    "step": int(c.steps[i]),
-                    "mean": None if not np.isfinite(c.mean[i]) else float(c.mean[i]),
-                    "se": float(c.se[i]),
-                    "ci_low": None if c.lo is None or not np.isfinite(c.lo[i]) else float(c.lo[i]),
-                    "ci_high": None if c.hi is None or not np.isfinite(c.hi[i]) else float(c.hi[i]),
-                    "n": None if c.n is None else int(c.n[i]),
-                }
-            )
-    return rows
+    return [r for tc in analysis.curves for r in _point_rows({"run_id": tc.run_id, "judge": tc.judge, "trait": tc.trait}, tc.curve)]
 
 
 def suite_curve_rows(analysis: StudyAnalysis) -> list[dict[str, Any]]:
     """One row per (run, judge, trait, suite, step) of the per-suite curves (as ``curve_rows``)."""
-    rows = []
-    for sc in analysis.suite_curves:
-        c = sc.curve
-        for i in range(len(c)):
-            rows.append(
-                {
-                    "run_id": sc.run_id,
-                    "judge": sc.judge,
-                    "trait": sc.trait,
-                    "suite": sc.suite,
-                    "step": int(c.steps[i]),
-                    "mean": None if not np.isfinite(c.mean[i]) else float(c.mean[i]),
-                    "se": float(c.se[i]),
-                    "ci_low": None if c.lo is None or not np.isfinite(c.lo[i]) else float(c.lo[i]),
-                    "ci_high": None if c.hi is None or not np.isfinite(c.hi[i]) else float(c.hi[i]),
-                    "n": None if c.n is None else int(c.n[i]),
-                }
-            )
-    return rows
+    return [
+        r
+        for sc in analysis.suite_curves
+        for r in _point_rows({"run_id": sc.run_id, "judge": sc.judge, "trait": sc.trait, "suite": sc.suite}, sc.curve)
+    ]
 
 
 def write_csvs(analysis: StudyAnalysis, folder: Path) -> list[Path]:

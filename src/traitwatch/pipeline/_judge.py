@@ -44,10 +44,9 @@ def study_directions(ctx: StudyContext, spec: JudgeSpec, budget: Budget) -> Dire
     """Where an activation judge keeps its trait directions: ``<output_dir>/activation/``, read
     from the questions of the suite that defines each trait, filtered by ``spec.filter_judge``
     (None for a judge of another kind)."""
-    from traitwatch.activation import DirectionSource, ExtractionSettings
-
     if not isinstance(spec, ActivationJudgeSpec):
         return None
+    from traitwatch.activation import DirectionSource, ExtractionSettings
 
     traits = {t: (d, s) for s in ctx.suites.suites for t, d in s.traits.items() if d.instructions}
     settings = ExtractionSettings(

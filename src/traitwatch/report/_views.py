@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from traitwatch.analysis import StudyAnalysis
+from traitwatch.analysis import Curve, OnsetResult, StudyAnalysis
 
 from ._figures import trait_colors
 
@@ -103,20 +103,7 @@ def figure_data(analysis: StudyAnalysis, leads: Sequence[tuple[str, str]], confi
         c = tc.curve
         key = (tc.run_id, tc.judge, tc.trait)
         cons = consensus.get(key)
-        curves.append(
-            {
-                "r": run_index[tc.run_id],
-                "j": tc.judge,
-                "t": tc.trait,
-                "x": [int(s) for s in c.steps.tolist()],
-                "m": _nums(c.mean, SCORE_DIGITS),
-                "lo": None if c.lo is None else _nums(c.lo, SCORE_DIGITS),
-                "hi": None if c.hi is None else _nums(c.hi, SCORE_DIGITS),
-                "on": None if cons is None or cons.step is None else int(cons.step),
-                "ci": None if cons is None else _ci(cons.ci),
-                "det": by_det.get(key, {}),
-            }
-        )
+        curves.append({"r": run_index[tc.run_id], "j": tc.judge, "t": tc.trait} | _curve_json(c, cons) | {"det": by_det.get(key, {})})
         r = runs[run_index[tc.run_id]]
         groups[(r["domain"], r["level"], tc.judge, tc.trait)].append((int(r["seed"]), np.asarray(c.steps), np.asarray(c.mean, dtype=float)))
     seeds = []
@@ -202,6 +189,18 @@ def analysis_direction(analysis: StudyAnalysis, trait: str) -> str:
     return next((o.direction for o in analysis.onsets if o.trait == trait), "up")
 
 
+def _curve_json(c: Curve, consensus: OnsetResult | None) -> dict[str, Any]:
+    """A curve as the explorer draws it: steps, mean and CI band, and its consensus onset with its CI."""
+    return {
+        "x": [int(s) for s in c.steps.tolist()],
+        "m": _nums(c.mean, SCORE_DIGITS),
+        "lo": None if c.lo is None else _nums(c.lo, SCORE_DIGITS),
+        "hi": None if c.hi is None else _nums(c.hi, SCORE_DIGITS),
+        "on": None if consensus is None or consensus.step is None else int(consensus.step),
+        "ci": None if consensus is None else _ci(consensus.ci),
+    }
+
+
 def suite_data(analysis: StudyAnalysis, run_index: dict[str, int]) -> list[dict[str, Any]]:
     """Per-suite curves of traits scored on several suites, each with its consensus onset and
     drops (docs/analysis.md, "Per-suite curves"); the "suites" view draws them."""
@@ -214,17 +213,9 @@ def suite_data(analysis: StudyAnalysis, run_index: dict[str, int]) -> list[dict[
         key = (sc.run_id, sc.judge, sc.trait, sc.suite)
         o, row, c = cons.get(key), rows.get(key, {}), sc.curve
         out.append(
-            {
-                "r": run_index[sc.run_id],
-                "j": sc.judge,
-                "t": sc.trait,
-                "s": sc.suite,
-                "x": [int(v) for v in c.steps.tolist()],
-                "m": _nums(c.mean, SCORE_DIGITS),
-                "lo": None if c.lo is None else _nums(c.lo, SCORE_DIGITS),
-                "hi": None if c.hi is None else _nums(c.hi, SCORE_DIGITS),
-                "on": None if o is None or o.step is None else int(o.step),
-                "ci": None if o is None else _ci(o.ci),
+            {"r": run_index[sc.run_id], "j": sc.judge, "t": sc.trait, "s": sc.suite}
+            | _curve_json(c, o)
+            | {
                 "b": _round(row.get("baseline")),
                 "pct": _round(row.get("onset_pct_of_training")),
                 "ld": _round(row.get("largest_drop_pct")),

@@ -15,7 +15,7 @@ from .base import Curve, Detector, Onset, baseline, robust_sigma
 from .binseg import Binseg
 from .bocpd import Bocpd
 from .cusum import Cusum
-from .direction import DIRECTIONS, Direction, detect_directed, mirrored, oriented
+from .direction import DIRECTIONS, Direction, detect_directed, mirrored, oriented, unmirror_evidence
 from .pelt import Pelt
 from .segment import Segmenter, interpolate_missing, standardize
 from .sustained import Sustained
@@ -64,6 +64,7 @@ __all__ = [
     "make_detector",
     "mirrored",
     "oriented",
+    "unmirror_evidence",
     "robust_sigma",
     "standardize",
 ]

@@ -12,7 +12,8 @@ trait's own 0-100 scale.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from .base import Curve, Detector, Onset
 
@@ -34,13 +35,18 @@ def oriented(curve: Curve, direction: Literal["up", "down"]) -> Curve:
     return curve if direction == "up" else mirrored(curve)
 
 
+def unmirror_evidence(evidence: Mapping[str, Any]) -> dict[str, Any]:
+    """Evidence found on a mirrored curve with its level-like values back on the trait's scale."""
+    ev = dict(evidence)
+    for key in _LEVEL_KEYS:
+        value = ev.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            ev[key] = -float(value)
+    return ev
+
+
 def _unmirror(onset: Onset, direction: Literal["up", "down"]) -> Onset:
-    ev = dict(onset.evidence)
-    if direction == "down":
-        for key in _LEVEL_KEYS:
-            value = ev.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                ev[key] = -float(value)
+    ev = unmirror_evidence(onset.evidence) if direction == "down" else dict(onset.evidence)
     ev["direction"] = direction
     return Onset(onset.detector, onset.step, onset.index, onset.alarm_step, ev)
 
