@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-#: The flags of tests/test_e2e.py (headless, no network services), plus a fixed window size.
-FLAGS = [
+#: Headless Chromium with no network services (this machine's closed network refuses them);
+#: the tests' --dump-dom runs use these too (tests/test_e2e.py).
+HEADLESS = [
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
@@ -27,6 +28,10 @@ FLAGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+]
+#: For a DevTools session: HEADLESS plus a quiet profile and a fixed window size.
+FLAGS = [
+    *HEADLESS,
     "--disable-extensions",
     "--disable-default-apps",
     "--mute-audio",

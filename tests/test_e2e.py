@@ -6,6 +6,7 @@ and read-only); tests that rerun a stage or change stored rows work on ``tiny_st
 
 import json
 import sqlite3
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tiny import TinyStudy
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+from _chromium import HEADLESS  # noqa: E402
+
+from tiny import TinyStudy  # noqa: E402
 from traitwatch.cli import app
 
 runner = CliRunner()
@@ -136,17 +141,7 @@ def test_report_escapes_model_output(tiny_study_copy: TinyStudy) -> None:
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html
 
 
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--virtual-time-budget=8000",
-]
+CHROMIUM_FLAGS = [*HEADLESS, "--virtual-time-budget=8000"]
 
 
 @pytest.mark.browser
