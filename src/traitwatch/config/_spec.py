@@ -362,7 +362,7 @@ class GenerationSpec(_Strict):
         default=256, description="Answer length cap (answers that hit it are marked finish=length)."
     )
     batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
-        default="auto", description="Answers per generate call; auto: 64 on CPU, from free GPU memory on a GPU."
+        default="auto", description="Answers per batch; auto: 128 on CPU (fewer when memory is short), from free GPU memory on a GPU."
     )
     adapters_per_batch: Annotated[int, Field(gt=0)] = Field(
         default=16, description="Checkpoints attached at once (rows of different checkpoints share a batch)."

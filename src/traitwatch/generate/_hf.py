@@ -1,13 +1,16 @@
 """The ``hf`` backend: one base model in memory, many LoRA checkpoints in the same batch.
 
 Why: evaluating hundreds of checkpoints by reloading the model for each one spends most of
-the time loading. Here the base model stays resident; checkpoints are attached as named
-peft adapters, a chunk of them at a time, and one ``generate`` call serves rows from
-different adapters. Two ways to apply many adapters in one batch: ``stacked`` (default;
-:mod:`._stacked`, two dense products per layer whatever the number of adapters) and ``peft``
+the time loading. Here the base model stays resident; checkpoints are attached a chunk of
+them at a time, and one batch serves rows from different adapters. Two ways to apply many
+adapters in one batch: ``stacked`` (default; :mod:`._stacked`, two dense products per layer
+whatever the number of adapters) and ``peft``
 (peft's mixed-adapter batches, ``adapter_names=[...]``; used for adapters that cannot be
-stacked, e.g. DoRA). Prompts are sorted by length so padding is small. Under greedy decoding
-the answers equal one-adapter-at-a-time generation with peft (tested).
+stacked, e.g. DoRA). Stacked batches are decoded by our own loop (:mod:`._decode`: the
+output layer's argmax a slice at a time, weights packed for oneDNN on a CPU, finished rows
+dropped); peft batches by ``generate``. Either way only the spec's decoding settings apply.
+Prompts are sorted by length so padding is small. Under greedy decoding the answers equal
+one-adapter-at-a-time generation with peft and ``generate`` (tested).
 
 Probes: for a request with probe texts we also measure log P(probe | prompt) as the start of
 the answer by teacher forcing, once per (adapter, prompt). This gives smooth curves for
@@ -25,10 +28,12 @@ from typing import Any
 import torch
 
 from traitwatch.errors import ModelError
-from traitwatch.models import LoadedModel, left_pad
+from traitwatch.models import LoadedModel, left_pad, split_lm
+from traitwatch.models._packed import free_bytes as _free_bytes
 from traitwatch.progress import console
 from traitwatch.train import encode_prompt
 
+from ._decode import decode
 from ._protocol import Answer, GenerationRequest
 from ._stacked import NotStackable, StackedLora, adapter_config
 
@@ -52,17 +57,18 @@ def strip_lora(module: Any) -> None:
             pass
 
 
-def auto_batch_size(base: LoadedModel, max_tokens: int, *, cap: int = 256, cpu: int = 64) -> int:
-    """Rows per ``generate`` call: on a GPU as many as 70% of free memory holds, else ``cpu``.
+def auto_batch_size(base: LoadedModel, max_tokens: int, *, cap: int = 256, cpu: int = 128) -> int:
+    """Rows per batch: on a GPU as many as 70% of free memory holds; on a CPU ``cpu`` rows, or
+    fewer where a quarter of the free memory does not hold them.
 
     Why: decoding reads every weight once per step whatever the batch, so on a GPU more rows
-    are nearly free until the KV cache fills memory. On a CPU the step is compute-bound:
-    measured on the 270M model with 16 checkpoints, 32 rows gave 6.9 answers/s, 64 rows 8.9
-    and 128 rows 8.7 (``bench/eval_throughput.py``), so 64. Per row: keys and values of every
-    layer for ``max_tokens`` positions, plus a few float32 rows of logits.
+    are nearly free until the KV cache fills memory. On a CPU the step is compute-bound, but
+    a small batch still wastes the matrix units: measured with our decoding loop on the 270M
+    model with 16 checkpoints (256 answers of 32 tokens, 2-core AMD EPYC, 2026-12-05), 64 rows
+    gave 14.1-14.5 answers/s, 128 rows 15.2-16.0 and 256 rows 15.6-16.0, so 128 (half the
+    memory of 256). Per row: keys and values of every layer for ``max_tokens`` positions,
+    plus a few float32 rows of logits.
     """
-    if base.device.type != "cuda":
-        return cpu
     cfg = base.model.config
     cfg = getattr(cfg, "text_config", None) or cfg
     heads = int(getattr(cfg, "num_attention_heads", 1))
@@ -70,8 +76,12 @@ def auto_batch_size(base: LoadedModel, max_tokens: int, *, cap: int = 256, cpu: 
     head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
     elem = next(base.model.parameters()).element_size()
     per_row = 2 * int(cfg.num_hidden_layers) * kv * head_dim * max_tokens * elem + 3 * 4 * int(cfg.vocab_size)
-    free, _ = torch.cuda.mem_get_info(base.device)
-    rows = int(0.7 * free) // per_row
+    if base.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(base.device)
+        rows = int(0.7 * free) // per_row
+    else:
+        cap, free = cpu, _free_bytes()
+        rows = free // 4 // per_row if free else cpu
     return max(1, min(cap, 1 << max(0, rows.bit_length() - 1)))
 
 
@@ -194,18 +204,38 @@ class HFGenerator:
     @torch.no_grad()
     def _generate_batch(self, model: Any, rows: list[tuple[GenerationRequest, str]]) -> list[tuple[str, int, str]]:
         ids, mask = self._left_pad([self._ids(r.prompt) for r, _ in rows])
-        kwargs: dict[str, Any] = dict(
-            input_ids=ids,
-            attention_mask=mask,
+        names = [name for _, name in rows]
+        if not hasattr(model, "peft_config") and split_lm(model) is not None:
+            # stacked adapters or the bare base model: our decoding loop (see _decode)
+            with self._rows(model, names, {}):
+                outs = decode(
+                    model,
+                    ids,
+                    mask,
+                    max_new_tokens=self.max_new_tokens,
+                    stop_ids=self.base.stop_ids,
+                    temperature=self.temperature,
+                    top_p=self.top_p,
+                    on_keep=self._stacked.keep if self._stacked is not None else None,
+                )
+            tok = self.base.tokenizer
+            return [(tok.decode(o.tokens, skip_special_tokens=True), len(o.tokens), o.finish) for o in outs]
+        # peft's mixed-adapter batches go through generate(), with only the spec's settings
+        # (a fresh GenerationConfig: nothing from the model's own, as in _decode)
+        from transformers import GenerationConfig
+
+        sampled = self.temperature > 0
+        config = GenerationConfig(
             max_new_tokens=self.max_new_tokens,
             eos_token_id=self.base.stop_ids,
             pad_token_id=int(self.base.tokenizer.pad_token_id),
+            do_sample=sampled,
+            temperature=self.temperature if sampled else None,
+            top_p=self.top_p if sampled else None,
+            top_k=0 if sampled else None,
         )
-        if self.temperature > 0:
-            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        with self._rows(model, [name for _, name in rows], kwargs):
+        kwargs: dict[str, Any] = dict(input_ids=ids, attention_mask=mask, generation_config=config)
+        with self._rows(model, names, kwargs):
             out = model.generate(**kwargs)
         new = out[:, ids.shape[1] :].tolist()
         stops = set(self.base.stop_ids)
@@ -276,14 +306,16 @@ class HFGenerator:
         wanted = sorted({(r.adapter, r.prompt, p) for r in requests for p in r.probes})
         probe_values: dict[tuple[str, str, str], float] = {}
         wanted.sort(key=lambda w: len(self._ids(w[1])))
+        # Within a batch, rows grouped by adapter: the stacked LoRA then computes each adapter's
+        # product on its own rows for passes of many tokens (StackedLora.rows).
         for i in range(0, len(wanted), self._batch):
-            probes = wanted[i : i + self._batch]
+            probes = sorted(wanted[i : i + self._batch], key=lambda w: w[0])
             vals = self._probe_batch(model, [(prompt, probe, names[a]) for a, prompt, probe in probes])
             probe_values.update(zip(probes, vals, strict=True))
         # Answers, length-sorted across adapters.
         order = sorted(requests, key=lambda r: (len(self._ids(r.prompt)), r.adapter, r.sample))
         for i in range(0, len(order), self._batch):
-            part = order[i : i + self._batch]
+            part = sorted(order[i : i + self._batch], key=lambda r: r.adapter)
             outs = self._generate_batch(model, [(r, names[r.adapter]) for r in part])
             on_batch(
                 [

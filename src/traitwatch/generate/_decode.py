@@ -1,0 +1,183 @@
+"""Our own decoding loop for the ``hf`` backend: greedy or sampled, rows leave when they stop.
+
+Why not ``model.generate``: on a CPU its per-step bookkeeping is a large share of a decode
+step of a small model with a large vocabulary. For Gemma 3 270M (262k words) at 64 rows it
+copies every step's logits to a [rows x vocab] float32 tensor (67 MB) and takes its argmax
+(about 10 ms of a ~115 ms step), it keeps computing rows that have finished until the
+longest answer is done, and it applies whatever the model's ``generation_config`` carries
+(a repetition penalty or top-k in many instruction-tuned models), which the study spec never
+asked for and vLLM does not apply. Here:
+
+* greedy decoding takes the argmax of the output layer a slice of the vocabulary at a time
+  (the slice's logits stay in cache; no [rows x vocab] tensor), with the first index winning
+  ties exactly as ``argmax`` over the full row does, so the tokens equal ``generate``'s;
+* sampling computes full float32 logits and applies temperature and top-p with transformers'
+  own warpers, then ``torch.multinomial``, as ``generate`` does;
+* a row that emits a stop token or reaches ``max_new_tokens`` is dropped from the batch and
+  from the KV cache (once an eighth of the rows are done), so later steps compute only the
+  rows still answering.
+
+Only the decoding settings of the study spec apply (temperature, top_p, max_new_tokens, the
+model's turn-end tokens), on every backend alike.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import cast
+
+import torch
+
+from traitwatch.models._head import split_lm
+from traitwatch.models._packed import PackedHead, packed_linear, packed_linears
+
+
+@dataclass
+class Decoded:
+    """One row's answer: its new tokens (the stop token left out) and why it ended."""
+
+    tokens: list[int]
+    finish: str  # "stop" | "length"
+
+
+def _softcap(lm: object, logits: torch.Tensor) -> torch.Tensor:
+    """Gemma-style soft-capping, in the logits' own dtype as the model's forward applies it."""
+    cap = getattr(getattr(lm, "config", None), "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def greedy_pick(
+    lm: object, head: torch.nn.Module, hidden: torch.Tensor, packed: PackedHead | None = None, chunk: int = 16384
+) -> torch.Tensor:
+    """argmax over the vocabulary of ``head(hidden)`` [rows], a slice of words at a time.
+
+    Equal to ``head(hidden).float().argmax(-1)``, the first maximum of each row: per slice
+    only the maximum value (``amax``, several times faster than ``max`` with indices on a
+    CPU); the row's first slice holding its maximum (``argmax`` over the slices' maxima
+    returns the first); in that slice the first position equal to it. Casting to float32
+    changes no order. The slices' logits stay in the head's dtype (rows x vocab of them).
+    """
+    weight = cast(torch.Tensor, head.weight)
+    bias = cast("torch.Tensor | None", getattr(head, "bias", None))
+    if packed is not None and packed.slices:
+        parts: list[tuple[int, torch.Tensor | None, torch.Tensor | None]] = list(packed.slices)
+    else:
+        parts = [(start, None, None) for start in range(0, weight.shape[0], chunk)]
+    slices, maxima = [], []
+    for i, (start, pw, pb) in enumerate(parts):
+        end = parts[i + 1][0] if i + 1 < len(parts) else weight.shape[0]
+        if pw is not None:
+            logits = packed_linear(hidden, pw, pb, end - start)
+        else:
+            logits = torch.nn.functional.linear(hidden, weight[start:end], None if bias is None else bias[start:end])
+        logits = _softcap(lm, logits)
+        slices.append(logits)
+        maxima.append(logits.amax(-1))
+    best = torch.stack(maxima, dim=1).float().argmax(-1)  # [rows]: the first slice with the row's maximum
+    out = torch.empty(hidden.shape[0], dtype=torch.long, device=hidden.device)
+    for k in best.unique().tolist():
+        rows = (best == k).nonzero()[:, 0]
+        sub = slices[k][rows]
+        out[rows] = (sub == maxima[k][rows, None]).to(torch.uint8).argmax(-1) + parts[k][0]
+    return out
+
+
+def sample_pick(lm: object, head: torch.nn.Module, hidden: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """A sampled token per row, as ``generate(do_sample=True, temperature, top_p, top_k=0)`` draws it."""
+    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+    scores = _softcap(lm, head(hidden)).float()
+    if temperature != 1.0:
+        scores = TemperatureLogitsWarper(temperature)(None, scores)  # type: ignore[arg-type]
+    if top_p < 1.0:
+        scores = TopPLogitsWarper(top_p)(None, scores)  # type: ignore[arg-type]
+    return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1)[:, 0]
+
+
+@torch.no_grad()
+def decode(
+    lm: torch.nn.Module,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    stop_ids: Sequence[int],
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    on_keep: Callable[[torch.Tensor], None] | None = None,
+    pack: bool = True,
+) -> list[Decoded]:
+    """Answers to left-padded prompts ``ids`` (mask 1 on real tokens), one per row.
+
+    ``on_keep(rows)`` is called with the indices (into the current batch) of the rows that
+    stay whenever finished rows are dropped, so per-row state outside the model (the stacked
+    LoRA's adapter of each row) can follow. ``pack``: on a CPU, run the linear layers on
+    weights packed for oneDNN (:mod:`traitwatch.models._packed`; same outputs, faster).
+    """
+    parts = split_lm(lm)
+    if parts is None:
+        raise ValueError("this model's output layer cannot be split from its trunk")
+    trunk, head = parts
+    rows = ids.shape[0]
+    with packed_linears(lm, rows, skip=(head,)) if pack else nullcontext(False):
+        packed = PackedHead(head, rows) if pack and temperature <= 0 else None
+
+        def pick(hidden: torch.Tensor) -> torch.Tensor:
+            if temperature > 0:
+                return sample_pick(lm, head, hidden, temperature, top_p)
+            return greedy_pick(lm, head, hidden, packed)
+
+        return _loop(trunk, pick, ids, mask, max_new_tokens, stop_ids, on_keep)
+
+
+def _loop(
+    trunk: torch.nn.Module,
+    pick: Callable[[torch.Tensor], torch.Tensor],
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    max_new_tokens: int,
+    stop_ids: Sequence[int],
+    on_keep: Callable[[torch.Tensor], None] | None,
+) -> list[Decoded]:
+    from transformers import DynamicCache
+
+    n = ids.shape[0]
+    stops = torch.tensor(sorted(set(stop_ids)) or [-1], device=ids.device)
+    out: list[list[int]] = [[] for _ in range(n)]
+    finish = ["length"] * n
+    live = torch.arange(n, device=ids.device)  # batch row -> original row
+    done = torch.zeros(n, dtype=torch.bool, device=ids.device)  # finished rows still in the batch
+    cache = DynamicCache(config=getattr(trunk, "config", None))
+    # transformers 5.2x names the argument `cache` (`past_key_values` is deprecated there)
+    key = "cache" if "cache" in inspect.signature(trunk.forward).parameters else "past_key_values"
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    step_ids = ids
+    for step in range(max_new_tokens):
+        hidden = trunk(input_ids=step_ids, attention_mask=mask, position_ids=pos, use_cache=True, **{key: cache}).last_hidden_state
+        token = pick(hidden[:, -1].contiguous())
+        stopped = torch.isin(token, stops)
+        for row, tok, hit, was in zip(live.tolist(), token.tolist(), stopped.tolist(), done.tolist(), strict=True):
+            if was:
+                continue
+            if hit:
+                finish[row] = "stop"
+            else:
+                out[row].append(tok)
+        done |= stopped
+        if step == max_new_tokens - 1 or bool(done.all()):
+            break
+        if int(done.sum()) * 8 >= done.numel():
+            keep = (~done).nonzero()[:, 0]
+            cache.batch_select_indices(keep)
+            live, token, mask, pos, done = live[keep], token[keep], mask[keep], pos[keep], done[keep]
+            if on_keep is not None:
+                on_keep(keep)
+        step_ids = token[:, None]
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        pos = pos[:, -1:] + 1
+    return [Decoded(t, f) for t, f in zip(out, finish, strict=True)]

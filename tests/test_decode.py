@@ -1,0 +1,126 @@
+"""traitwatch.generate._decode (our decoding loop) and traitwatch.models._packed (oneDNN-packed
+linear layers): the same tokens as transformers' ``generate``, on real (tiny, random) models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from traitwatch.config import ModelSpec, RandomModelSpec
+from traitwatch.generate._decode import decode, greedy_pick
+from traitwatch.models import LoadedModel, left_pad, load_model
+from traitwatch.models._packed import PackedHead, can_pack, packed_linears
+
+
+def _varied(architecture: str, dtype: str) -> LoadedModel:
+    """A tiny random model whose weights are scaled up so that greedy answers vary from token
+    to token and row to row (at the usual 0.02 init the tiny Qwen2 repeats one token forever,
+    and no row would stop before another)."""
+    model = load_model(ModelSpec(source="random", dtype=dtype, device="cpu", random=RandomModelSpec(seed=3, architecture=architecture)))
+    with torch.no_grad():
+        for p in model.model.parameters():
+            if p.dim() == 2:
+                p.mul_(10.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def bf16_model() -> LoadedModel:
+    """bfloat16: the dtype a CPU with fast bf16 runs, where the linear layers can be packed."""
+    return _varied("qwen2", "bfloat16")
+
+
+def _prompts(model: LoadedModel, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    tok = model.tokenizer
+    texts = [f"Question {i}: " + "what is the sum of the numbers " * (1 + i % 3) for i in range(n)]
+    return left_pad([tok(t, add_special_tokens=False)["input_ids"] for t in texts], int(tok.pad_token_id), model.device)
+
+
+def _generate(model: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, new: int, stops: list[int], **kw: object) -> list[list[int]]:
+    """transformers' generate, cut at the first stop token (the reference)."""
+    from transformers import GenerationConfig
+
+    cfg = GenerationConfig(max_new_tokens=new, eos_token_id=stops or None, pad_token_id=int(model.tokenizer.pad_token_id), **kw)
+    with torch.no_grad():
+        out = model.model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)[:, ids.shape[1] :].tolist()
+    cut = []
+    for seq in out:
+        end = next((i for i, t in enumerate(seq) if t in stops), len(seq))
+        cut.append(seq[:end])
+    return cut
+
+
+@pytest.mark.parametrize("architecture,dtype", [("qwen2", "float32"), ("qwen2", "bfloat16"), ("llama", "bfloat16")])
+def test_greedy_decode_equals_generate_as_rows_stop_and_leave(architecture: str, dtype: str) -> None:
+    model = _varied(architecture, dtype)
+    ids, mask = _prompts(model, 12)
+    free = decode(model.model, ids, mask, max_new_tokens=10, stop_ids=[])
+    assert all(d.finish == "length" and len(d.tokens) == 10 for d in free)
+    assert [d.tokens for d in free] == _generate(model, ids, mask, 10, [], do_sample=False)
+    # stop tokens that rows emit at different steps: rows finish early and leave the batch
+    stops = sorted({free[0].tokens[2], free[5].tokens[6]})
+    kept: list[int] = []
+    got = decode(model.model, ids, mask, max_new_tokens=10, stop_ids=stops, on_keep=lambda rows: kept.append(len(rows)))
+    want = _generate(model, ids, mask, 10, stops, do_sample=False)
+    assert [d.tokens for d in got] == want
+    for d, f in zip(got, free, strict=True):
+        # a row stops exactly at its first stop token, else runs to the length limit
+        first = next((i for i, t in enumerate(f.tokens) if t in stops), None)
+        assert (d.finish, len(d.tokens)) == (("stop", first) if first is not None else ("length", 10))
+    assert kept, "no finished row ever left the batch"
+    assert kept == sorted(kept, reverse=True) and kept[-1] < 12
+
+
+def test_sampled_decode_draws_what_generate_draws(bf16_model: LoadedModel) -> None:
+    """With no row stopping, the same seed gives the same samples as generate (same warpers,
+    same multinomial calls); temperature and top-p both applied."""
+    ids, mask = _prompts(bf16_model, 6)
+    for temperature, top_p in ((1.0, 1.0), (0.7, 0.9)):
+        torch.manual_seed(5)
+        got = decode(bf16_model.model, ids, mask, max_new_tokens=8, stop_ids=[], temperature=temperature, top_p=top_p)
+        torch.manual_seed(5)
+        want = _generate(bf16_model, ids, mask, 8, [], do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+        assert [d.tokens for d in got] == want
+    torch.manual_seed(6)
+    other = decode(bf16_model.model, ids, mask, max_new_tokens=8, stop_ids=[], temperature=1.0)
+    assert [d.tokens for d in other] != want  # the seed matters: it really samples
+
+
+def test_greedy_pick_keeps_the_first_of_tied_words_across_slices() -> None:
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 500, bias=False).to(torch.bfloat16)
+    hidden = torch.randn(3, 16).to(torch.bfloat16)
+    with torch.no_grad():
+        head.weight[50] = head.weight[60] = head.weight[300] = hidden[0] * 4  # row 0: ties at 50, 60 (one slice), 300 (another)
+        head.weight[420] = hidden[1] * 4  # row 1: a maximum in the last, shorter slice
+        want = head(hidden).float().argmax(-1)
+        assert want[0] == 50 and want[1] == 420
+        for packed in (None, PackedHead(head, 3, chunk=100)):
+            got = greedy_pick(None, head, hidden, packed, chunk=100)
+            assert got.tolist() == want.tolist()
+
+
+@pytest.mark.skipif(not can_pack(torch.nn.Linear(4, 4).to(torch.bfloat16)), reason="no oneDNN packed linear in this torch build")
+def test_packed_linears_are_exact_and_leave_the_model_unchanged(bf16_model: LoadedModel) -> None:
+    model = bf16_model.model
+    ids, mask = _prompts(bf16_model, 4)
+    with torch.no_grad():
+        plain = model(input_ids=ids, attention_mask=mask).logits
+        with packed_linears(model, 4) as packed:
+            assert packed
+            assert any("forward" in vars(m) for m in model.modules())
+            got = model(input_ids=ids, attention_mask=mask).logits
+    assert torch.equal(got, plain)
+    assert not any("forward" in vars(m) for m in model.modules())
+    with packed_linears(model, 4) as packed:  # under autograd: not packed
+        assert not packed
+
+
+def test_gemma3_with_soft_capped_logits_decodes_as_generate() -> None:
+    """Gemma 3 (the embedded model's architecture: sliding-window layers, our CPU attention) with
+    the output soft-capping Gemma 2 uses: the cap is applied as the model's own forward does."""
+    model = _varied("gemma3", "bfloat16")
+    model.model.config.final_logit_softcapping = 3.0  # small, so that capping changes which logits tie
+    ids, mask = _prompts(model, 8)
+    got = decode(model.model, ids, mask, max_new_tokens=6, stop_ids=[])
+    assert [d.tokens for d in got] == _generate(model, ids, mask, 6, [], do_sample=False)
