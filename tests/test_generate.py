@@ -90,6 +90,31 @@ def test_stacked_lora_equals_peft_logits_with_rslora_and_mixed_ranks(tiny_model:
     assert "use_dora" in (can_stack(tiny_model.model, [str(tmp_path / "dora")]) or "")
 
 
+def test_stacked_prefill_per_adapter_rows_equals_masked_product(tiny_model: LoadedModel, trained: list[str]) -> None:
+    """Rows grouped by adapter take the per-adapter products in passes of several tokens; the
+    same rows in a mixed order take the masked stacked product: the same logits row by row."""
+    from traitwatch.generate._stacked import StackedLora
+
+    torch.manual_seed(0)
+    ids = torch.randint(3, 400, (6, 7))
+    ids[2] = ids[0]  # rows 0 and 2: the same tokens, adapters 1 and 2
+    grouped = [1, 1, 2, 2, 3, 0]
+    mixed = [2, 1, 0, 3, 1, 2]
+    perm = [2, 0, 5, 4, 1, 3]  # row i of the mixed batch is row perm[i] of the grouped one
+    assert [grouped[p] for p in perm] == mixed
+    with torch.no_grad(), StackedLora(tiny_model.model, ["", *trained[1:4]]) as st:
+        with st.rows(grouped):
+            assert st._runs is not None
+            a = tiny_model.model(ids).logits
+            assert st._seg_low  # the per-adapter path ran
+        with st.rows(mixed):
+            assert st._runs is None
+            b = tiny_model.model(ids[perm]).logits
+            assert not st._seg_low
+    assert torch.allclose(a[perm], b, atol=1e-5)
+    assert not torch.allclose(a[0], a[2], atol=1e-3)  # the adapters really differ
+
+
 def test_probe_logprob_matches_teacher_forcing(tiny_model: LoadedModel, trained: list[str]) -> None:
     from peft import PeftModel
 
@@ -136,14 +161,22 @@ def test_adapter_from_another_base_is_rejected(tiny_model: LoadedModel, tmp_path
     assert not any("lora" in n for n, _ in tiny_model.model.named_modules())
 
 
-def test_auto_batch_size_on_cpu(tiny_model: LoadedModel) -> None:
+def test_auto_batch_size_on_cpu(tiny_model: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
     from traitwatch.generate._hf import auto_batch_size
 
-    assert auto_batch_size(tiny_model, 512) == 64
+    assert auto_batch_size(tiny_model, 512) == 128
     out = []
     gen = hf_generator(tiny_model, temperature=0, max_new_tokens=2, batch_size="auto")
     gen.generate([GenerationRequest(str(i), "", "Hi") for i in range(3)], out.append)
-    assert gen._batch == 64 and len(out) == 1 and len(out[0]) == 3  # one call for all three rows
+    assert gen._batch == 128 and len(out) == 1 and len(out[0]) == 3  # one call for all three rows
+    # where a quarter of the free memory holds fewer rows, fewer (a power of two)
+    import traitwatch.generate._hf as hf
+
+    per_row = 2 * 2 * 2 * 16 * 512 * 4 + 3 * 4 * tiny_model.model.config.vocab_size  # the tiny model's KV + logits per row
+    monkeypatch.setattr(hf, "_free_bytes", lambda: 4 * 20 * per_row)
+    assert auto_batch_size(tiny_model, 512) == 16
+    monkeypatch.setattr(hf, "_free_bytes", lambda: 0)  # unknown: the CPU default
+    assert auto_batch_size(tiny_model, 512) == 128
 
 
 def test_unstackable_adapters_fall_back_to_peft_with_a_note(tiny_model: LoadedModel, tmp_path: Path) -> None:
