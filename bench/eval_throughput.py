@@ -13,8 +13,10 @@ Generation, three ways, answers/s and generated tokens/s:
   (b) resident: one base model in memory, one adapter at a time, batch --batch;
   (c') peft mixed: one base model, rows of different adapters in one batch through peft's
       mixed-adapter batches (``adapter_names=[...]``), batch --batch;
-  (c) batched: the same batches through traitwatch's stacked LoRA (the hf backend's default,
-      traitwatch.generate._stacked), batch --batch.
+  (c) batched: the same prompts (the same token ids) through the hf backend's generator as
+      `traitwatch generate` runs it: stacked LoRA (traitwatch.generate._stacked), our decoding
+      loop (traitwatch.generate._decode: the output layer's argmax a slice at a time, linear
+      layers packed for oneDNN on a CPU), batch --batch.
   (v) vLLM multi-LoRA: the same prompts (the same token ids) and adapter folders through vLLM's
       engine with LoRA enabled (max_loras = K), all requests in one call so it schedules them
       continuously, in a worker process (traitwatch.generate._vllm.VLLMWorker, the vllm
@@ -22,8 +24,9 @@ Generation, three ways, answers/s and generated tokens/s:
       CUDA build on a GPU. Timed after a one-token warm-up over every adapter (vLLM loads
       adapters on first use; the other columns load theirs untimed too), engine start-up
       reported apart. "vllm base": the same prompts on the bare base model in vLLM.
+--batch defaults to the hf backend's own choice (auto: 128 rows on a CPU).
 Roofline per decode step = max(bytes of weights read / measured bandwidth,
-FLOPs / measured matmul rate); achieved = measured decode step time of (c) at batch --batch
+FLOPs / measured matmul rate); achieved = measured decode step time of (c)'s loop at batch --batch
 (and of the bare base model at that batch, to show what the adapters cost).
 
 Judge: the exact local judge (traitwatch.judges.local_judge: prompt once, then a trie of the
@@ -201,26 +204,53 @@ def bench_generation(args, base, device, dtype, adapters: list[str], tmp: Path) 
     dt = timed_generate(pm, tok, all_texts, new, args.batch, device, adapter_names=names)
     res["peft_mixed_answers_per_s"] = answers / dt
     pm.unload()
-    # (c) traitwatch's default: stacked LoRA (traitwatch.generate._stacked), same batches
+    # (c) traitwatch's default: the hf backend's generator as `traitwatch generate` runs it
+    # (stacked LoRA, our decoding loop, packed weights on a CPU), on the same token ids
+    from traitwatch.generate import GenerationRequest, hf_generator
+    from traitwatch.generate._decode import decode
     from traitwatch.generate._stacked import StackedLora
+    from traitwatch.models import left_pad
 
-    slots = [i + 1 for i in range(k) for _ in range(per)]
-    with StackedLora(base.model, ["", *adapters]) as st:
+    gen = hf_generator(base, batch_size=args.batch, adapters_per_batch=k, max_new_tokens=new, temperature=0.0)
+    ids = [list(tok(x)["input_ids"]) for x in texts]  # what timed_generate feeds the other columns
+    gen._prompt_cache.update(zip(texts, ids, strict=True))  # these ids, not the chat template's
+    reqs = [GenerationRequest(f"{a}|{i}", a, x) for a in adapters for i, x in enumerate(texts)]
+    stops, base.stop_ids = base.stop_ids, []  # fixed answer lengths, as the other columns
+    try:
+        got: list[object] = []
+        # warm-up, untimed, as vLLM's: one token for every request (oneDNN builds its kernels
+        # for each new shape on first use; a study's many batches pay that once)
+        warm = hf_generator(base, batch_size=args.batch, adapters_per_batch=k, max_new_tokens=1, temperature=0.0)
+        warm._prompt_cache.update(gen._prompt_cache)
+        warm.generate(reqs, lambda _: None)
         t = time.perf_counter()
-        for i in range(0, len(all_texts), args.batch):
-            with st.rows(slots[i : i + args.batch]):
-                timed_generate(base.model, tok, all_texts[i : i + args.batch], new, args.batch, device)
+        gen.generate(reqs, got.extend)
+        sync(device)
         res["batched_answers_per_s"] = answers / (time.perf_counter() - t)
-        # decode step time at the chosen batch: generation of 1 vs new tokens
-        b = min(args.batch, len(all_texts))
-        with st.rows(slots[:b]):
-            t1 = timed_generate(base.model, tok, all_texts[:b], 1, b, device)
-            tn = timed_generate(base.model, tok, all_texts[:b], new, b, device)
-        res["decode_step_s"] = (tn - t1) / (new - 1)
+        assert gen.stacked_used and len(got) == answers
+    finally:
+        base.stop_ids = stops
+    # decode step time at the chosen batch: 1 vs `new` tokens through the same loop
+    slots = [i + 1 for i in range(k) for _ in range(per)]
+    all_ids = [x for _ in range(k) for x in ids]
+    b = min(args.batch, len(all_ids))
+    pad = int(tok.pad_token_id)
+    with StackedLora(base.model, ["", *adapters]) as st:
+        step: dict[int, float] = {}
+        for n in (1, new):
+            with st.rows(slots[:b]):
+                t = time.perf_counter()
+                decode(base.model, *left_pad(all_ids[:b], pad, device), max_new_tokens=n, stop_ids=[], on_keep=st.keep)
+                sync(device)
+                step[n] = time.perf_counter() - t
+        res["decode_step_s"] = (step[new] - step[1]) / (new - 1)
         res["decode_batch"] = b
-    t1 = timed_generate(base.model, tok, all_texts[:b], 1, b, device)
-    tn = timed_generate(base.model, tok, all_texts[:b], new, b, device)
-    res["base_decode_step_s"] = (tn - t1) / (new - 1)
+    for n in (1, new):
+        t = time.perf_counter()
+        decode(base.model, *left_pad(all_ids[:b], pad, device), max_new_tokens=n, stop_ids=[])
+        sync(device)
+        step[n] = time.perf_counter() - t
+    res["base_decode_step_s"] = (step[new] - step[1]) / (new - 1)
     for key in ("naive", "resident", "peft_mixed", "batched"):
         res[f"{key}_tokens_per_s"] = res[f"{key}_answers_per_s"] * new
     return res
@@ -427,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts-per-adapter", type=int, default=8)
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batch", default="auto", help="rows per batch for (b), (c') and (c); auto: the hf backend's rule (128 on a CPU)")
     ap.add_argument("--naive-max", type=int, default=4, help="checkpoints timed for the naive baseline (it is slow)")
     ap.add_argument("--judgments", type=int, default=64)
     ap.add_argument("--judge-batches", type=int, nargs="+", default=[1, 4, 16])
@@ -458,6 +488,11 @@ def main(argv: list[str] | None = None) -> int:
     peak = matmul_tflops(device, dtype)
     print(f"machine: {describe(device)}; measured bandwidth {bw:.1f} GB/s, {args.dtype} matmul {peak:.2f} TFLOP/s")
     base = build(args.arch, device, dtype)
+    if args.batch == "auto":
+        from traitwatch.generate._hf import auto_batch_size
+
+        args.batch = auto_batch_size(base, args.prompt_len + args.new_tokens)
+    args.batch = int(args.batch)
     n = sum(p.numel() for p in base.model.parameters())
     wb = weight_bytes(base.model)
     print(f"model: {args.arch} (random weights), {n / 1e6:.0f}M parameters, {wb / 2**30:.2f} GiB of weights in {args.dtype}")
