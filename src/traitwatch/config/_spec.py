@@ -353,10 +353,19 @@ class SuiteRef(_Strict):
 
 
 class GenerationSpec(_Strict):
-    """How answers are generated at every checkpoint."""
+    """How answers are generated at every checkpoint.
+
+    Only these settings shape decoding, on every backend: a model's own ``generation_config``
+    (a repetition penalty or top-k in many instruction-tuned models) is not applied.
+    """
 
     samples_per_question: Annotated[int, Field(gt=0)] = Field(default=10, description="Answers per question per checkpoint.")
-    temperature: Annotated[float, Field(ge=0)] = Field(default=1.0, description="Sampling temperature (0 = greedy).")
+    temperature: Annotated[float, Field(ge=0)] = Field(
+        default=1.0,
+        description=(
+            "Sampling temperature (0 = greedy). Only the settings here shape decoding; a model's own generation_config is not applied."
+        ),
+    )
     top_p: Annotated[float, Field(gt=0, le=1)] = Field(default=1.0, description="Nucleus sampling mass.")
     max_new_tokens: Annotated[int, Field(gt=0)] = Field(
         default=256, description="Answer length cap (answers that hit it are marked finish=length)."
