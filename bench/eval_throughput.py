@@ -25,6 +25,8 @@ Generation, three ways, answers/s and generated tokens/s:
       adapters on first use; the other columns load theirs untimed too), engine start-up
       reported apart. "vllm base": the same prompts on the bare base model in vLLM.
 --batch defaults to the hf backend's own choice (auto: 128 rows on a CPU).
+Sampled (temperature 1, the spec's default): one batch of (c) through our loop against HF
+generate(do_sample=True) on the same stacked batch (its torch.multinomial is the difference).
 Roofline per decode step = max(bytes of weights read / measured bandwidth,
 FLOPs / measured matmul rate); achieved = measured decode step time of (c)'s loop at batch --batch
 (and of the bare base model at that batch, to show what the adapters cost).
@@ -245,6 +247,18 @@ def bench_generation(args, base, device, dtype, adapters: list[str], tmp: Path) 
                 step[n] = time.perf_counter() - t
         res["decode_step_s"] = (step[new] - step[1]) / (new - 1)
         res["decode_batch"] = b
+        # sampled (the spec's default, temperature 1): our loop vs generate, one batch each
+        enc = left_pad(all_ids[:b], pad, device)
+        for key in ("generate", "ours"):
+            with st.rows(slots[:b]):
+                t = time.perf_counter()
+                if key == "generate":
+                    kw = dict(max_new_tokens=new, do_sample=True, temperature=1.0, top_k=0, pad_token_id=pad)
+                    base.model.generate(input_ids=enc[0], attention_mask=enc[1], **kw)
+                else:
+                    decode(base.model, *enc, max_new_tokens=new, stop_ids=[], temperature=1.0, on_keep=st.keep)
+                sync(device)
+                res[f"sampled_{key}_answers_per_s"] = b / (time.perf_counter() - t)
     for n in (1, new):
         t = time.perf_counter()
         decode(base.model, *left_pad(all_ids[:b], pad, device), max_new_tokens=n, stop_ids=[])
@@ -534,6 +548,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"{r['batched_answers_per_s']:>8.2f} {r['batched_tokens_per_s']:>8.1f} "
                     f"{r['batched_answers_per_s'] / r['naive_answers_per_s']:>8.1f} {r['decode_step_s'] * 1e3:>8.1f} "
                     f"{r['base_decode_step_s'] * 1e3:>8.1f} {roof * 1e3:>9.1f} {100 * roof / r['decode_step_s']:>7.0f}% {vcols}"
+                )
+                ours, theirs = r["sampled_ours_answers_per_s"], r["sampled_generate_answers_per_s"]
+                print(
+                    f"{'':>4} sampled (temperature 1), one batch of {int(r['decode_batch'])}: (c) {ours:.2f} ans/s, "
+                    f"HF generate on the same stacked batch {theirs:.2f} ans/s ({ours / theirs:.1f}x)"
                 )
                 if "vllm_start_s" in r:
                     print(f"{'':>4} (vLLM engine start-up, untimed above: {r['vllm_start_s']:.1f} s)")

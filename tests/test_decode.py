@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from traitwatch.config import ModelSpec, RandomModelSpec
-from traitwatch.generate._decode import decode, greedy_pick
+from traitwatch.generate._decode import categorical, decode, greedy_pick
 from traitwatch.models import LoadedModel, left_pad, load_model
 from traitwatch.models._packed import PackedHead, can_pack, packed_linears
 
@@ -71,19 +71,59 @@ def test_greedy_decode_equals_generate_as_rows_stop_and_leave(architecture: str,
     assert kept == sorted(kept, reverse=True) and kept[-1] < 12
 
 
-def test_sampled_decode_draws_what_generate_draws(bf16_model: LoadedModel) -> None:
-    """With no row stopping, the same seed gives the same samples as generate (same warpers,
-    same multinomial calls); temperature and top-p both applied."""
-    ids, mask = _prompts(bf16_model, 6)
-    for temperature, top_p in ((1.0, 1.0), (0.7, 0.9)):
-        torch.manual_seed(5)
-        got = decode(bf16_model.model, ids, mask, max_new_tokens=8, stop_ids=[], temperature=temperature, top_p=top_p)
-        torch.manual_seed(5)
-        want = _generate(bf16_model, ids, mask, 8, [], do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-        assert [d.tokens for d in got] == want
-    torch.manual_seed(6)
-    other = decode(bf16_model.model, ids, mask, max_new_tokens=8, stop_ids=[], temperature=1.0)
-    assert [d.tokens for d in other] != want  # the seed matters: it really samples
+def test_categorical_draws_each_word_with_its_probability() -> None:
+    """The sampler against the distribution it is given: 100,000 draws, a chi-square test of
+    the counts, words of zero probability never drawn (a whole zero block, scattered zeros,
+    the last word), a vocabulary that is not a multiple of the block, rows not summing to 1."""
+    from scipy.stats import chisquare
+
+    vocab = 3001
+    weights = torch.tensor([float(1 + i % 7) for i in range(vocab)], dtype=torch.float32)
+    zero = (torch.arange(vocab) % 50 == 0) | ((torch.arange(vocab) >= 128) & (torch.arange(vocab) < 192))
+    zero[-1] = True
+    weights[zero] = 0.0
+    probs = (2.0 * weights / weights.sum()).expand(400, vocab).contiguous()
+    gen_counts = torch.zeros(vocab)
+    torch.manual_seed(11)
+    for _ in range(250):
+        drawn = categorical(probs, block=64)
+        gen_counts += torch.bincount(drawn, minlength=vocab).float()
+    assert gen_counts.sum() == 100_000
+    assert gen_counts[zero].sum() == 0
+    expected = (weights / weights.sum() * 100_000)[~zero]
+    assert chisquare(gen_counts[~zero].numpy(), expected.numpy()).pvalue > 1e-3
+    # rows that put all their mass on the first or on the last word
+    edge = torch.zeros(2, vocab)
+    edge[0, 0] = 1.0
+    edge[1, vocab - 2] = 0.5
+    assert categorical(edge, block=64).tolist() == [0, vocab - 2]
+
+
+def test_sampled_decode_is_reproducible_and_keeps_to_the_nucleus(bf16_model: LoadedModel) -> None:
+    """Same seed, same samples; another seed, other samples; and with temperature 0.7 and top-p
+    0.5 every drawn token lies in the nucleus of the model's next-word distribution there
+    (checked by teacher forcing with transformers' own warpers)."""
+    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+    model = bf16_model
+    ids, mask = _prompts(model, 6)
+
+    def draw(seed: int, **kw: float) -> list[list[int]]:
+        torch.manual_seed(seed)
+        return [d.tokens for d in decode(model.model, ids, mask, max_new_tokens=8, stop_ids=[], **kw)]
+
+    assert draw(5, temperature=1.0) == draw(5, temperature=1.0)
+    assert draw(5, temperature=1.0) != draw(6, temperature=1.0)
+    got = draw(7, temperature=0.7, top_p=0.5)
+    full = torch.cat([ids, torch.tensor(got)], dim=1)
+    with torch.no_grad():
+        logits = model.model(input_ids=full, attention_mask=torch.cat([mask, torch.ones(6, 8, dtype=mask.dtype)], dim=1)).logits
+    step = logits[:, ids.shape[1] - 1 : -1].float()  # the distribution each drawn token came from
+    for r in range(6):
+        scores = TopPLogitsWarper(0.5)(None, TemperatureLogitsWarper(0.7)(None, step[r]))
+        allowed = torch.isfinite(scores)
+        assert all(bool(allowed[t, tok]) for t, tok in enumerate(got[r])), r
+        assert int(allowed.sum(-1).max()) < scores.shape[-1] // 2  # the nucleus really cuts
 
 
 def test_greedy_pick_keeps_the_first_of_tied_words_across_slices() -> None:
