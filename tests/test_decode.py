@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from traitwatch.config import ModelSpec, RandomModelSpec
-from traitwatch.generate._decode import categorical, decode, greedy_pick
+from traitwatch.generate._decode import categorical, decode, greedy_pick, top_p_filter
 from traitwatch.models import LoadedModel, left_pad, load_model
 from traitwatch.models._packed import PackedHead, can_pack, packed_linears
 
@@ -97,6 +97,31 @@ def test_categorical_draws_each_word_with_its_probability() -> None:
     edge[0, 0] = 1.0
     edge[1, vocab - 2] = 0.5
     assert categorical(edge, block=64).tolist() == [0, vocab - 2]
+
+
+def test_top_p_filter_keeps_the_nucleus_by_transformers_rule() -> None:
+    """The top-p warper's rule (keep a word while the words ranked above it hold less than
+    top_p), checked word by word against a float64 brute force on peaked rows (found among 256
+    candidates), flatter rows (4,096) and a uniform row whose nucleus is larger (the warper
+    itself); and against TopPLogitsWarper, whose float32 sum can misplace a boundary word."""
+    from transformers import TopPLogitsWarper
+
+    torch.manual_seed(2)
+    vocab = 10_000
+    scores = torch.randn(6, vocab) * torch.tensor([[8.0], [4.0], [2.0], [1.0], [0.3], [0.0]])
+    probs = torch.softmax(scores, dim=-1).double()
+    for top_p in (0.3, 0.9, 0.99):
+        got = top_p_filter(scores, top_p)
+        kept = torch.isfinite(got)
+        above = torch.stack([(probs[r][None, :] * (probs[r][None, :] > probs[r][:, None])).sum(-1) for r in range(5)])
+        assert torch.equal(kept[:5], above < top_p), top_p
+        want = TopPLogitsWarper(top_p)(None, scores)
+        assert (kept[:5] != torch.isfinite(want[:5])).sum() <= 1  # the warper's float32 rounding, at most a word
+        # equal words: which ones is arbitrary, and 0.3 = 3,000 x 1e-4 sits on the boundary
+        assert abs(int(kept[5].sum()) - int(torch.isfinite(want[5]).sum())) <= 1
+        assert torch.equal(got[kept], scores[kept])
+    sizes = torch.isfinite(top_p_filter(scores, 0.9)).sum(-1).tolist()
+    assert sizes[0] <= 256 < sizes[2] <= 4096 < sizes[3] and sizes[5] == 9000  # every path taken
 
 
 def test_sampled_decode_is_reproducible_and_keeps_to_the_nucleus(bf16_model: LoadedModel) -> None:
