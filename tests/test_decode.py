@@ -3,6 +3,8 @@ linear layers): the same tokens as transformers' ``generate``, on real (tiny, ra
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -189,3 +191,46 @@ def test_gemma3_with_soft_capped_logits_decodes_as_generate() -> None:
     ids, mask = _prompts(model, 8)
     got = decode(model.model, ids, mask, max_new_tokens=6, stop_ids=[])
     assert [d.tokens for d in got] == _generate(model, ids, mask, 6, [], do_sample=False)
+
+
+@pytest.mark.parametrize("architecture", ["qwen2", "gemma3"])
+def test_reserved_cache_gives_what_dynamic_cache_gives(architecture: str) -> None:
+    """Step by step, the same hidden states (bit for bit) as transformers' DynamicCache: through
+    a prefill, rows leaving the batch, the reserved room running out (full layers) and the
+    context outgrowing a sliding window (Gemma 3's sliding layers)."""
+    from transformers import DynamicCache
+
+    from traitwatch.generate._kvcache import reserved_cache
+
+    model = _varied(architecture, "bfloat16")
+    if architecture == "gemma3":
+        model.model.config.sliding_window = 40
+    trunk = model.model.model
+    ids, mask = _prompts(model, 6)
+    assert ids.shape[1] < 39  # the prompt fits the window; the answer outgrows it
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    caches = [DynamicCache(config=trunk.config), reserved_cache(trunk.config, 20)]
+    assert all(type(layer).__name__ in ("Full", "Sliding") for layer in caches[1].layers)
+
+    key = "cache" if "cache" in inspect.signature(trunk.forward).parameters else "past_key_values"
+
+    def step(tokens: torch.Tensor) -> None:
+        a, b = (
+            trunk(input_ids=tokens, attention_mask=mask, position_ids=pos, use_cache=True, **{key: c}).last_hidden_state for c in caches
+        )
+        assert torch.equal(a, b)
+
+    step(ids)
+    assert all(getattr(layer, "_buf_k", None) is not None for layer in caches[1].layers)  # the reserved path is in use
+    gen = torch.Generator().manual_seed(0)
+    for i in range(40):
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        pos = pos[:, -1:] + 1
+        if i == 10:
+            keep = torch.tensor([0, 2, 3, 5])
+            for c in caches:
+                c.batch_select_indices(keep)
+            mask, pos = mask[keep], pos[keep]
+        step(torch.randint(3, 400, (mask.shape[0], 1), generator=gen))
+    assert caches[0].get_seq_length() == caches[1].get_seq_length() == ids.shape[1] + 40
+    assert all(getattr(layer, "_buf_k", None) is None for layer in caches[1].layers)  # out of room / window: transformers' update

@@ -37,6 +37,8 @@ import torch
 from traitwatch.models._head import split_lm
 from traitwatch.models._packed import PackedHead, packed_linear, packed_linears
 
+from ._kvcache import reserved_cache
+
 
 @dataclass
 class Decoded:
@@ -211,15 +213,13 @@ def _loop(
     stop_ids: Sequence[int],
     on_keep: Callable[[torch.Tensor], None] | None,
 ) -> list[Decoded]:
-    from transformers import DynamicCache
-
     n = ids.shape[0]
     stops = torch.tensor(sorted(set(stop_ids)) or [-1], device=ids.device)
     out: list[list[int]] = [[] for _ in range(n)]
     finish = ["length"] * n
     live = torch.arange(n, device=ids.device)  # batch row -> original row
     done = torch.zeros(n, dtype=torch.bool, device=ids.device)  # finished rows still in the batch
-    cache = DynamicCache(config=getattr(trunk, "config", None))
+    cache = reserved_cache(getattr(trunk, "config", None), max_new_tokens)
     # transformers 5.2x names the argument `cache` (`past_key_values` is deprecated there)
     key = "cache" if "cache" in inspect.signature(trunk.forward).parameters else "past_key_values"
     pos = (mask.cumsum(1) - 1).clamp(min=0)
