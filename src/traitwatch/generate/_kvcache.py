@@ -63,6 +63,16 @@ def _release(layer: Any) -> None:
         layer._buf_k = layer._buf_v = None
 
 
+class _Reserved:
+    """What both reserved layer kinds share: rows leaving take their part of the buffer."""
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if getattr(self, "_buf_k", None) is not None:
+            _select(self, indices)
+        else:
+            super().batch_select_indices(indices)  # type: ignore[misc]
+
+
 def reserved_cache(config: Any, room: int) -> Any:
     """A ``DynamicCache`` for ``config`` whose full and sliding-window layers reserve ``room``
     positions beyond the prompt (the answer's length) at their first update."""
@@ -77,7 +87,7 @@ def reserved_cache(config: Any, room: int) -> Any:
     if not isinstance(layers, list):
         return cache
 
-    class Full(DynamicLayer):  # type: ignore[misc]
+    class Full(_Reserved, DynamicLayer):  # type: ignore[misc]
         def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
@@ -88,13 +98,7 @@ def reserved_cache(config: Any, room: int) -> Any:
             self._buf_k = self._buf_v = None  # out of room: transformers' own concatenation
             return super().update(key_states, value_states, *args, **kwargs)
 
-        def batch_select_indices(self, indices: torch.Tensor) -> None:
-            if getattr(self, "_buf_k", None) is not None:
-                _select(self, indices)
-            else:
-                super().batch_select_indices(indices)
-
-    class Sliding(DynamicSlidingWindowLayer):  # type: ignore[misc]
+    class Sliding(_Reserved, DynamicSlidingWindowLayer):  # type: ignore[misc]
         def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             # while every position so far stays inside the window, the layer holds them all,
             # exactly as a full layer: the same as transformers' update, without the copy
@@ -109,12 +113,6 @@ def reserved_cache(config: Any, room: int) -> Any:
                 return self.keys, self.values
             _release(self)
             return super().update(key_states, value_states, *args, **kwargs)
-
-        def batch_select_indices(self, indices: torch.Tensor) -> None:
-            if getattr(self, "_buf_k", None) is not None:
-                _select(self, indices)
-            else:
-                super().batch_select_indices(indices)
 
     for i, layer in enumerate(layers):
         if type(layer) is DynamicLayer:

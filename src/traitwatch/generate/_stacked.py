@@ -239,7 +239,7 @@ class StackedLora:
             ):
                 self._segmented(name, g, x, out)
                 return out
-            low = self._group_low(g, args[0])[..., lo:hi]
+            low = self._group_low(g, x)[..., lo:hi]
             if torch.is_grad_enabled() or out.dtype != self.dtype or not out.is_contiguous():
                 return out + torch.nn.functional.linear(low, b_cat).to(out.dtype)
             # inference: add the product into the layer's fresh output in place (one fewer
@@ -259,23 +259,23 @@ class StackedLora:
         """
         self._slots = torch.tensor(list(slots), dtype=torch.long, device=self.device)
         self._runs = _runs(slots)
-        self._masks = {}
-        self._low = {}
-        self._seg_low = {}
+        self._forget()
         try:
             yield
         finally:
             self._slots = None
             self._runs = None
-            self._masks = {}
-            self._low = {}
-            self._seg_low = {}
+            self._forget()
 
     def keep(self, rows: torch.Tensor) -> None:
         """Inside :meth:`rows`: the batch now holds only these rows of it (finished rows left)."""
         assert self._slots is not None
         self._slots = self._slots[rows.to(self._slots.device)]
         self._runs = _runs(self._slots.tolist())
+        self._forget()
+
+    def _forget(self) -> None:
+        """Drop what was computed for the previous rows (masks, low-rank products)."""
         self._masks = {}
         self._low = {}
         self._seg_low = {}

@@ -15,6 +15,7 @@ function here does nothing and the model runs as it is.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,15 +45,28 @@ def can_pack(model: nn.Module) -> bool:
     """Whether this model's linear layers can be packed here: CPU, bf16/fp32, the op exists and
     gives ``linear``'s exact result on a probe."""
     param = next(model.parameters(), None)
-    if param is None or param.device.type != "cpu" or param.dtype not in (torch.bfloat16, torch.float32) or not _op_available():
+    return param is not None and param.device.type == "cpu" and _exact(param.dtype)
+
+
+@functools.cache
+def _exact(dtype: torch.dtype) -> bool:
+    """The op exists and reproduces ``linear`` bit for bit in ``dtype`` (probed once per dtype:
+    the answer depends only on the torch build and the CPU)."""
+    if dtype not in (torch.bfloat16, torch.float32) or not _op_available():
         return False
     try:
         gen = torch.Generator().manual_seed(0)
-        w = torch.randn(48, 32, generator=gen).to(param.dtype)
-        x = torch.randn(5, 32, generator=gen).to(param.dtype)
+        w = torch.randn(48, 32, generator=gen).to(dtype)
+        x = torch.randn(5, 32, generator=gen).to(dtype)
         return bool(torch.equal(packed_linear(x, pack(w, 5), None, 48), nn.functional.linear(x, w)))
     except (RuntimeError, AttributeError, TypeError):
         return False
+
+
+def _worth_packing(module: nn.Module, nbytes: int) -> bool:
+    """Pack ``module``'s weights (``nbytes`` of copies) now: inference, packable here, and the
+    copies take at most a quarter of the free memory."""
+    return nbytes > 0 and not torch.is_grad_enabled() and can_pack(module) and nbytes * 4 <= free_bytes()
 
 
 def free_bytes() -> int:
@@ -81,7 +95,7 @@ def packed_linears(model: nn.Module, rows: int, *, skip: tuple[nn.Module, ...] =
     """
     linears = [m for m in model.modules() if type(m) is nn.Linear and not any(m is s for s in skip)]
     need = sum(m.weight.numel() * m.weight.element_size() for m in linears)
-    if not linears or torch.is_grad_enabled() or not can_pack(model) or need * 4 > free_bytes():
+    if not _worth_packing(model, need):
         yield False
         return
     for m in linears:
@@ -108,7 +122,7 @@ class PackedHead:
         self.slices: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
         weight = cast(torch.Tensor, head.weight)
         bias = cast("torch.Tensor | None", getattr(head, "bias", None))
-        if torch.is_grad_enabled() or not can_pack(head) or weight.numel() * weight.element_size() * 4 > free_bytes():
+        if not _worth_packing(head, weight.numel() * weight.element_size()):
             return
         for start in range(0, weight.shape[0], chunk):
             w = weight[start : start + chunk]
