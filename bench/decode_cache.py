@@ -28,9 +28,9 @@ from eval_throughput import build, prompts  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rows", type=int, default=128)
-    ap.add_argument("--new", type=int, default=256)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--rows", type=int, default=128, help="prompts decoded in one batch")
+    ap.add_argument("--new", type=int, default=256, help="new tokens per answer (end-of-sequence ignored)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda (default: cuda when present)")
     args = ap.parse_args(argv)
     from transformers import DynamicCache
 
