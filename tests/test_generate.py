@@ -102,17 +102,56 @@ def test_stacked_prefill_per_adapter_rows_equals_masked_product(tiny_model: Load
     mixed = [2, 1, 0, 3, 1, 2]
     perm = [2, 0, 5, 4, 1, 3]  # row i of the mixed batch is row perm[i] of the grouped one
     assert [grouped[p] for p in perm] == mixed
-    with torch.no_grad(), StackedLora(tiny_model.model, ["", *trained[1:4]]) as st:
+    assert len(trained) == 3  # steps 0, 2, 4
+    with torch.no_grad(), StackedLora(tiny_model.model, ["", *trained[1:], trained[0]]) as st:
+        with pytest.raises(ValueError, match="slot 4"), st.rows([0, 4]):
+            pass
         with st.rows(grouped):
             assert st._runs is not None
             a = tiny_model.model(ids).logits
-            assert st._seg_low  # the per-adapter path ran
+            assert any(isinstance(v[1], dict) for v in st._low.values())  # the per-adapter path ran
         with st.rows(mixed):
             assert st._runs is None
             b = tiny_model.model(ids[perm]).logits
-            assert not st._seg_low
+            assert st._low and not any(isinstance(v[1], dict) for v in st._low.values())
     assert torch.allclose(a[perm], b, atol=1e-5)
     assert not torch.allclose(a[0], a[2], atol=1e-3)  # the adapters really differ
+
+
+@pytest.mark.parametrize(
+    "grouped",
+    [
+        [1, 1, 2, 2, 3, 3],  # equal runs of consecutive slots: views of the stacks
+        [3, 3, 1, 1, 1, 0],  # unequal runs, slots out of order, the bare slot: padded, stacks selected
+        [3, 3, 3, 3, 0, 1, 2],  # one long run beside short ones: padding would double the rows, masked product
+    ],
+)
+def test_stacked_decode_step_batched_products_equal_masked_product(tiny_model: LoadedModel, trained: list[str], grouped: list[int]) -> None:
+    """One token per row with rows grouped by adapter takes the batched per-adapter products
+    (padded when runs differ in length); the same rows in another order the masked product:
+    the same logits row by row."""
+    from traitwatch.generate._stacked import StackedLora
+
+    torch.manual_seed(1)
+    ids = torch.randint(3, 400, (len(grouped), 1))
+    perm = [5, 2, 0, 4, 1, 3, 6][: len(grouped)]
+    mixed = [grouped[p] for p in perm]
+    with torch.no_grad(), StackedLora(tiny_model.model, ["", *trained[1:], trained[0]]) as st:
+        with st.rows(grouped):
+            plan = st._plan
+            a = tiny_model.model(ids).logits
+            assert st._low and all(isinstance(v[1], list) is (plan is not None) for v in st._low.values())  # batched or masked
+        with st.rows(mixed):
+            assert st._plan is None
+            b = tiny_model.model(ids[perm]).logits
+        bare = tiny_model.model(ids).logits
+    if len(grouped) == 7:
+        assert plan is None  # 4 runs x 4 rows > 2 x 7 rows: not worth padding
+    else:
+        assert plan is not None and (plan.pad is None) == (grouped[0] == 1) and (plan.span is None) == (grouped[0] == 3)
+    assert torch.allclose(a[perm], b, atol=1e-5)
+    for row, slot in enumerate(grouped):  # the bare slot and step 0 (B = 0) answer as the base model
+        assert torch.allclose(a[row], bare[row], atol=1e-5) is (slot in (0, 3)), row
 
 
 def test_probe_logprob_matches_teacher_forcing(tiny_model: LoadedModel, trained: list[str]) -> None:
