@@ -440,9 +440,10 @@ PAPER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
 
 def paper_estimate(args) -> None:  # noqa: ANN001
     """Bytes and FLOPs of one decode step of the paper-scale run, from the model's real shapes
-    (built on the meta device: no memory, no download) and the stacked-LoRA shapes
-    traitwatch.generate._stacked builds ([K x r, in] and [out, K x r] per adapted layer), and the
-    H100 roofline time per checkpoint. An estimate: nothing runs on a GPU here."""
+    (built on the meta device: no memory, no download) and the stacked LoRA of
+    traitwatch.generate._stacked (a decode step reads every adapter of the batch, [K, r, in] and
+    [K, r, out] per adapted layer, and multiplies each row by its own adapter only: batched
+    products), and the H100 roofline time per checkpoint. An estimate: nothing runs on a GPU here."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     cfg_kw = dict(ARCHS["qwen2.5-7b"])
@@ -462,7 +463,7 @@ def paper_estimate(args) -> None:  # noqa: ANN001
     kv_bytes = batch * ctx * cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * head_dim * elem
     attn_flops = batch * 4 * cfg.num_hidden_layers * ctx * cfg.num_attention_heads * head_dim
     bytes_ = {"base weights": read_params * elem, "stacked LoRA": lora_params * elem, "KV cache": kv_bytes}
-    flops = {"base weights": 2 * read_params * batch, "stacked LoRA": 2 * lora_params * batch, "KV cache": attn_flops}
+    flops = {"base weights": 2 * read_params * batch, "stacked LoRA": 2 * lora_params // k * batch, "KV cache": attn_flops}
     bw, peak = args.paper_bandwidth * 1e12, args.paper_tflops * 1e12
     print(
         f"\npaper-scale estimate (Qwen2.5-7B shapes, {k} adapters of r={r} on {', '.join(PAPER_TARGETS)}, batch {batch}, "
