@@ -73,16 +73,24 @@ def test_stacked_lora_equals_peft_logits_with_rslora_and_mixed_ranks(tiny_model:
     ids = torch.tensor([[5, 9, 14, 3, 7, 2]] * 4)
     with torch.no_grad(), StackedLora(tiny_model.model, ["", *paths]) as st:
         with st.rows([0, 1, 2, 3]):
-            got = tiny_model.model(ids).logits
+            got = tiny_model.model(ids).logits  # several tokens per row: per-adapter products
+            got1 = tiny_model.model(ids[:, :1]).logits  # one token per row: batched products
+            assert st._plan is not None and all(isinstance(v[1], list) for v in st._low.values())
+        with st.rows([3, 1, 0, 2, 1]):  # rows in any order: the masked product
+            got_mixed = tiny_model.model(ids[[0, 1, 2, 3, 0]]).logits
         base = tiny_model.model(ids).logits  # outside rows(): the bare base model
-    want = [base[0]]
+    want, want1 = [base[0]], [base[0, :1]]
     for i, path in enumerate(paths, start=1):
         pm = PeftModel.from_pretrained(tiny_model.model, path)
         with torch.no_grad():
             want.append(pm(ids[i : i + 1]).logits[0])
+            want1.append(pm(ids[i : i + 1, :1]).logits[0])
         pm.unload()
     for i in range(4):
         assert torch.allclose(got[i], want[i], atol=1e-4), i
+        assert torch.allclose(got1[i], want1[i], atol=1e-4), i
+    for row, slot in enumerate([3, 1, 0, 2, 1]):
+        assert torch.allclose(got_mixed[row], want[slot], atol=1e-4), row
     assert not torch.allclose(want[1], want[0], atol=1e-3)  # the adapters change the output
     m = get_peft_model(tiny_model.model, LoraConfig(r=2, target_modules=["q_proj"], use_dora=True))
     m.save_pretrained(tmp_path / "dora")
