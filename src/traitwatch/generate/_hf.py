@@ -3,8 +3,8 @@
 Why: evaluating hundreds of checkpoints by reloading the model for each one spends most of
 the time loading. Here the base model stays resident; checkpoints are attached a chunk of
 them at a time, and one batch serves rows from different adapters. Two ways to apply many
-adapters in one batch: ``stacked`` (default; :mod:`._stacked`, two dense products per layer
-whatever the number of adapters) and ``peft``
+adapters in one batch: ``stacked`` (default; :mod:`._stacked`, each row through its own
+adapter by a few batched products per layer, whatever the number of adapters) and ``peft``
 (peft's mixed-adapter batches, ``adapter_names=[...]``; used for adapters that cannot be
 stacked, e.g. DoRA). Stacked batches are decoded by our own loop (:mod:`._decode`: the
 output layer's argmax a slice at a time, weights packed for oneDNN on a CPU, finished rows

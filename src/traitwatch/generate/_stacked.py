@@ -108,8 +108,9 @@ class StackedLora:
     The adapters live in one stack per layer: ``A`` [slots, siblings x r, in] for a group of
     sibling layers that read the same input (q/k/v of an attention block, gate/up of an MLP)
     and ``B * scale`` [slots, r, out] per layer, r the largest rank (smaller ranks and slots
-    without the layer are zero-padded: they add exact zeros). Three ways to apply them, by the
-    pass:
+    without the layer are zero-padded: they add exact zeros, but take the largest rank's memory
+    and work, so adapters of very different ranks are best evaluated in separate batches).
+    Three ways to apply them, by the pass:
 
     * one token per row and rows grouped by adapter (a decode step): batched matrix products,
       each row against its own adapter only (``bmm``; runs of unequal length are padded);
