@@ -237,3 +237,24 @@ def test_unstackable_adapters_fall_back_to_peft_with_a_note(tiny_model: LoadedMo
     gen.generate([GenerationRequest("k", str(tmp_path / "dora"), "Hi")], out.extend)
     assert len(out) == 1 and not gen.stacked_used and gen._told_fallback
     assert not any("lora" in n for n, _ in tiny_model.model.named_modules())
+
+
+def test_adapters_are_attached_by_rank_then_path(tmp_path: Path) -> None:
+    """Chunks of one rank: the stacked LoRA pads a chunk's adapters to its largest rank."""
+    import json
+
+    from traitwatch.generate._hf import adapter_order
+
+    paths = {}
+    for name, r in [("b/step_2", 64), ("a/step_2", 8), ("b/step_1", 64), ("a/step_1", 8)]:
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": r}))
+        paths[name] = str(tmp_path / name)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text("{not json")
+    order = adapter_order([paths["b/step_2"], "", paths["a/step_2"], str(broken), paths["b/step_1"], paths["a/step_1"]])
+    assert order == ["", str(broken), paths["a/step_1"], paths["a/step_2"], paths["b/step_1"], paths["b/step_2"]]
+    # one rank: the same order as sorting by path
+    same = [paths["a/step_2"], paths["a/step_1"]]
+    assert adapter_order(same) == sorted(same)

@@ -92,6 +92,21 @@ def _is_dora(path: str) -> bool:
         return False
 
 
+def _rank(path: str) -> int:
+    """An adapter's LoRA rank (0 for the bare base model or an unreadable config)."""
+    try:
+        return int(adapter_config(path).get("r") or 0) if path else 0
+    except (OSError, ValueError, TypeError):
+        return 0
+
+
+def adapter_order(adapters: Sequence[str]) -> list[str]:
+    """The order adapters are attached in, a chunk at a time: by rank, then by path (a run's
+    checkpoints together). Why by rank: the stacked LoRA pads every adapter of a chunk to the
+    chunk's largest rank, so a chunk that mixed ranks 8 and 64 would do rank-64 work for all."""
+    return sorted(adapters, key=lambda a: (_rank(a), a))
+
+
 class HFGenerator:
     """See module docstring. Build with :func:`hf_generator`."""
 
@@ -275,7 +290,7 @@ class HFGenerator:
         by_adapter: dict[str, list[GenerationRequest]] = defaultdict(list)
         for r in requests:
             by_adapter[r.adapter].append(r)
-        adapters = sorted(by_adapter)
+        adapters = adapter_order(list(by_adapter))
         torch.manual_seed(self.seed)
         # peft cannot mix DoRA adapters in one batch (and they cannot be stacked): one at a time
         per = 1 if any(_is_dora(a) for a in adapters) else self.adapters_per_batch

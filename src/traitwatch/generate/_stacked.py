@@ -109,7 +109,7 @@ class StackedLora:
     sibling layers that read the same input (q/k/v of an attention block, gate/up of an MLP)
     and ``B * scale`` [slots, r, out] per layer, r the largest rank (smaller ranks and slots
     without the layer are zero-padded: they add exact zeros, but take the largest rank's memory
-    and work, so adapters of very different ranks are best evaluated in separate batches).
+    and work; the hf generator therefore attaches adapters by rank, ``_hf.adapter_order``).
     Three ways to apply them, by the pass:
 
     * one token per row and rows grouped by adapter (a decode step): batched matrix products,
