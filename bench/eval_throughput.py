@@ -237,7 +237,7 @@ def bench_generation(args, base, device, dtype, adapters: list[str], tmp: Path) 
         assert gen.stacked_used and len(got) == answers
     finally:
         base.stop_ids = stops
-    # decode step time at the chosen batch: 1 vs `new` tokens through the same loop
+    # decode step time at the chosen batch: one batch of `new` tokens through the same loop, timed per step
     slots = [i + 1 for i in range(k) for _ in range(per)]
     all_ids = [x for _ in range(k) for x in ids]
     b = min(args.batch, len(all_ids))

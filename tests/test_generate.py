@@ -243,7 +243,7 @@ def test_adapters_are_attached_by_rank_then_path(tmp_path: Path) -> None:
     """Chunks of one rank: the stacked LoRA pads a chunk's adapters to its largest rank."""
     import json
 
-    from traitwatch.generate._hf import adapter_order
+    from traitwatch.generate._hf import adapter_configs, adapter_order
 
     paths = {}
     for name, r in [("b/step_2", 64), ("a/step_2", 8), ("b/step_1", 64), ("a/step_1", 8)]:
@@ -253,8 +253,8 @@ def test_adapters_are_attached_by_rank_then_path(tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "adapter_config.json").write_text("{not json")
-    order = adapter_order([paths["b/step_2"], "", paths["a/step_2"], str(broken), paths["b/step_1"], paths["a/step_1"]])
+    order = adapter_order(adapter_configs([paths["b/step_2"], "", paths["a/step_2"], str(broken), paths["b/step_1"], paths["a/step_1"]]))
     assert order == ["", str(broken), paths["a/step_1"], paths["a/step_2"], paths["b/step_1"], paths["b/step_2"]]
     # one rank: the same order as sorting by path
     same = [paths["a/step_2"], paths["a/step_1"]]
-    assert adapter_order(same) == sorted(same)
+    assert adapter_order(adapter_configs(same)) == sorted(same)

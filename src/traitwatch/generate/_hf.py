@@ -20,7 +20,7 @@ behaviours that greedy text shows only now and then.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -85,26 +85,31 @@ def auto_batch_size(base: LoadedModel, max_tokens: int, *, cap: int = 256, cpu: 
     return max(1, min(cap, 1 << max(0, rows.bit_length() - 1)))
 
 
-def _is_dora(path: str) -> bool:
-    try:
-        return bool(path) and bool(adapter_config(path).get("use_dora"))
-    except (OSError, ValueError):
-        return False
+def adapter_configs(adapters: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Each adapter folder's adapter_config.json, read once ({} for the bare base model and for
+    a config that cannot be read: attaching the adapter reports that)."""
+    out: dict[str, dict[str, Any]] = {}
+    for path in adapters:
+        try:
+            out[path] = adapter_config(path) if path else {}
+        except (OSError, ValueError):
+            out[path] = {}
+    return out
 
 
-def _rank(path: str) -> int:
-    """An adapter's LoRA rank (0 for the bare base model or an unreadable config)."""
+def _rank(config: dict[str, Any]) -> int:
     try:
-        return int(adapter_config(path).get("r") or 0) if path else 0
-    except (OSError, ValueError, TypeError):
+        return int(config.get("r") or 0)
+    except (TypeError, ValueError):
         return 0
 
 
-def adapter_order(adapters: Sequence[str]) -> list[str]:
-    """The order adapters are attached in, a chunk at a time: by rank, then by path (a run's
-    checkpoints together). Why by rank: the stacked LoRA pads every adapter of a chunk to the
-    chunk's largest rank, so a chunk that mixed ranks 8 and 64 would do rank-64 work for all."""
-    return sorted(adapters, key=lambda a: (_rank(a), a))
+def adapter_order(configs: dict[str, dict[str, Any]]) -> list[str]:
+    """The order adapters (``configs``' keys) are attached in, a chunk at a time: by rank (0 for
+    the bare base model or an unreadable config), then by path (a run's checkpoints together).
+    Why by rank: the stacked LoRA pads every adapter of a chunk to the chunk's largest rank, so
+    a chunk that mixed ranks 8 and 64 would do rank-64 work for all."""
+    return sorted(configs, key=lambda a: (_rank(configs[a]), a))
 
 
 class HFGenerator:
@@ -290,10 +295,11 @@ class HFGenerator:
         by_adapter: dict[str, list[GenerationRequest]] = defaultdict(list)
         for r in requests:
             by_adapter[r.adapter].append(r)
-        adapters = adapter_order(list(by_adapter))
+        configs = adapter_configs(by_adapter)
+        adapters = adapter_order(configs)
         torch.manual_seed(self.seed)
         # peft cannot mix DoRA adapters in one batch (and they cannot be stacked): one at a time
-        per = 1 if any(_is_dora(a) for a in adapters) else self.adapters_per_batch
+        per = 1 if any(c.get("use_dora") for c in configs.values()) else self.adapters_per_batch
         for c in range(0, len(adapters), per):
             chunk = adapters[c : c + per]
             for path in chunk:

@@ -232,15 +232,15 @@ class StackedLora:
         plan = self._plan
         assert plan is not None
         g, i = self._group_of[name]
-        cached = self._low.get(g)
-        if cached is None or cached[0] is not x:
+
+        def compute() -> list[torch.Tensor]:  # each sibling's [runs, m, r] columns
             a3 = self._stack(("a", g), self._a[g], plan).transpose(1, 2)
             flat = x.reshape(-1, x.shape[-1])
             rows = flat if plan.pad is None else flat.index_select(0, plan.pad)
             low = torch.bmm(rows.to(self.dtype).view(plan.n, plan.m, -1), a3)
-            r = self.rank
-            cached = self._low[g] = (x, [low[..., j : j + r] for j in range(0, low.shape[-1], r)])
-        low_i, b3 = cached[1][i], self._stack(("b", name), self._b[name], plan)
+            return list(low.split(self.rank, dim=-1))
+
+        low_i, b3 = self._once(g, x, compute)[i], self._stack(("b", name), self._b[name], plan)
         if plan.unpad is None:
             out.view(plan.n, plan.m, -1).baddbmm_(low_i, b3)
         else:
