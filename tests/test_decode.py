@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from traitwatch.config import ModelSpec, RandomModelSpec
-from traitwatch.generate._decode import categorical, decode, greedy_pick, top_p_filter
+from traitwatch.generate._decode import categorical, decode, first_equal, greedy_pick, row_max, top_p_filter
 from traitwatch.models import LoadedModel, left_pad, load_model
 from traitwatch.models._packed import PackedHead, can_pack, packed_linears
 
@@ -165,6 +165,68 @@ def test_greedy_pick_keeps_the_first_of_tied_words_across_slices() -> None:
         for packed in (None, PackedHead(head, 3, chunk=100)):
             got = greedy_pick(None, head, hidden, packed, chunk=100)
             assert got.tolist() == want.tolist()
+
+
+def test_row_max_reads_bfloat16_bits_as_amax_does() -> None:
+    """The bit-pattern maximum equals ``amax`` on the values where the int16 order and the
+    float order part ways: both zeros, rows of negative values only, infinities, ties,
+    subnormals, across scales."""
+    gen = torch.Generator().manual_seed(0)
+    for scale in (1e-38, 1e-3, 1.0, 1e3, 1e30):
+        x = (torch.randn(64, 300, generator=gen) * scale).to(torch.bfloat16)
+        x[torch.rand(64, 300, generator=gen) < 0.2] = 0.0
+        x[torch.rand(64, 300, generator=gen) < 0.2] = -0.0
+        negative = torch.rand(64, generator=gen) < 0.4
+        x[negative] = -x[negative].abs()  # rows below zero only (some of them -0.0 at most)
+        x[0] = -0.0  # a row of -0.0 only
+        x[1] = float("-inf")
+        x[2, 7] = float("inf")
+        x[3, :] = x[3, 5]  # all tied
+        x[4] = -x[4].abs()
+        x[4, 9] = -0.0  # the maximum of a negative row is -0.0
+        got, want = row_max(x), x.amax(-1)
+        assert negative.any() and got.dtype == torch.bfloat16
+        assert torch.equal(got, want), scale
+        assert torch.equal(got.float().signbit(), want.float().signbit()), scale  # -0.0 stays -0.0
+    y = torch.randn(5, 40, generator=gen)  # other dtypes: amax itself
+    assert torch.equal(row_max(y), y.amax(-1))
+
+
+def test_first_equal_finds_the_first_position_as_the_float_compare_does() -> None:
+    """The bit compare of bfloat16 finds what the float compare finds, zeros of both signs too
+    (a row whose maximum is +0 with a -0 before it: the -0 is the first maximum, as argmax says)."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(32, 500, generator=gen).to(torch.bfloat16)
+    x[:, 100:110] = x[:, 100:101]  # ties: the first one wins
+    x[5] = -x[5].abs()
+    x[5, 40], x[5, 60] = -0.0, 0.0  # maximum zero: -0 first
+    x[6] = -x[6].abs()
+    x[6, 70] = -0.0  # maximum -0 alone
+    top = row_max(x)  # as greedy_pick gets it: +0 for row 5
+    want = x.float().argmax(-1)
+    assert want[5] == 40 and want[6] == 70 and not top[5].float().signbit() and top[6].float().signbit()
+    assert first_equal(x, top).tolist() == want.tolist()
+    assert first_equal(x[:5], top[:5]).tolist() == want[:5].tolist()  # no zero maximum: the bit compare
+    assert first_equal(x.float(), top.float()).tolist() == want.tolist()
+
+
+def test_greedy_pick_equals_argmax_on_slices_below_zero() -> None:
+    """Rows whose logits are all negative in some slices, or in all of them (the bit-pattern
+    maximum's other branch), pick the first maximum as ``argmax`` does, packed or not."""
+    torch.manual_seed(1)
+    head = torch.nn.Linear(16, 1000, bias=False).to(torch.bfloat16)
+    hidden = torch.randn(6, 16).abs().to(torch.bfloat16) + 0.1  # positive inputs
+    with torch.no_grad():
+        head.weight[:500] = -head.weight[:500].abs() - 1e-3  # words 0-499: logits below zero in every row
+        head.weight[700] = head.weight[701]  # a tie
+        for flip in (False, True):
+            if flip:  # now every logit of every row is below zero
+                head.weight.data = -head.weight.abs() - 1e-3
+            logits = head(hidden)
+            assert bool((logits[:, :500] < 0).all()) and bool((logits < 0).all()) is flip
+            want = logits.float().argmax(-1)
+            for packed in (None, PackedHead(head, 6, chunk=250)):
+                assert greedy_pick(None, head, hidden, packed, chunk=250).tolist() == want.tolist(), (flip, packed)
 
 
 @pytest.mark.skipif(not can_pack(torch.nn.Linear(4, 4).to(torch.bfloat16)), reason="no oneDNN packed linear in this torch build")

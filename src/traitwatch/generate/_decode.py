@@ -56,14 +56,37 @@ def _softcap(lm: object, logits: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def row_max(logits: torch.Tensor) -> torch.Tensor:
+    """``logits.amax(-1)``; for bfloat16 on a CPU read from the values' bit patterns.
+
+    Why: PyTorch's CPU ``amax`` over bfloat16 converts each value to float32 and ran at 172 us
+    for 128 x 16,384 logits, against 23 us for the same bits as int16 (measured, torch 2.13,
+    AVX-512): 2.3 ms of every greedy step over Gemma's 262k words. A bfloat16's bits, read as
+    int16, order the non-negative values as the floats (+0 lowest); negative values have the
+    sign bit set, so they are negative int16s in reverse order (-0.0 is the lowest int16). So a
+    row holding a value >= +0 has its maximum at its largest int16; a row of negative values
+    only (rare: logits of a whole slice below zero) at its smallest int16, taken for those rows
+    alone. Equal to ``amax`` for rows without NaN (a NaN with the sign bit set is passed over
+    here where ``amax`` returns it; a NaN logit makes any pick meaningless).
+    """
+    if logits.dtype != torch.bfloat16 or logits.device.type != "cpu":
+        return logits.amax(-1)
+    bits = logits.view(torch.int16)
+    top = bits.amax(-1)
+    negative = top < 0
+    if bool(negative.any()):
+        top[negative] = bits[negative].amin(-1)
+    return top.view(torch.bfloat16)
+
+
 def greedy_pick(
     lm: object, head: torch.nn.Module, hidden: torch.Tensor, packed: PackedHead | None = None, chunk: int = 16384
 ) -> torch.Tensor:
     """argmax over the vocabulary of ``head(hidden)`` [rows], a slice of words at a time.
 
     Equal to ``head(hidden).float().argmax(-1)``, the first maximum of each row: per slice
-    only the maximum value (``amax``, several times faster than ``max`` with indices on a
-    CPU); the row's first slice holding its maximum (``argmax`` over the slices' maxima
+    only the maximum value (:func:`row_max`, several times faster than ``max`` with indices on
+    a CPU); the row's first slice holding its maximum (``argmax`` over the slices' maxima
     returns the first); in that slice the first position equal to it. Casting to float32
     changes no order. The slices' logits stay in the head's dtype (rows x vocab of them).
     """
@@ -82,14 +105,29 @@ def greedy_pick(
             logits = torch.nn.functional.linear(hidden, weight[start:end], None if bias is None else bias[start:end])
         logits = _softcap(lm, logits)
         slices.append(logits)
-        maxima.append(logits.amax(-1))
+        maxima.append(row_max(logits))
     best = torch.stack(maxima, dim=1).float().argmax(-1)  # [rows]: the first slice with the row's maximum
     out = torch.empty(hidden.shape[0], dtype=torch.long, device=hidden.device)
     for k in best.unique().tolist():
         rows = (best == k).nonzero()[:, 0]
-        sub = slices[k][rows]
-        out[rows] = (sub == maxima[k][rows, None]).to(torch.uint8).argmax(-1) + parts[k][0]
+        out[rows] = first_equal(slices[k][rows], maxima[k][rows]) + parts[k][0]
     return out
+
+
+def first_equal(values: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    """The first position in each row of ``values`` [rows, n] equal to that row's ``top``.
+
+    bfloat16 on a CPU compares the bits as int16 (24 us against 59 us for the float compare of
+    8 x 16,384 logits, measured), which equals the float compare except for zeros (+0 and -0
+    compare equal as floats, not as bits: rows whose ``top`` is zero compare as floats) and
+    NaN. The first hit is ``max`` over the hits as uint8 (documented to return the first
+    maximal index; twice as fast as ``argmax`` there).
+    """
+    if values.dtype == torch.bfloat16 and values.device.type == "cpu" and not bool((top == 0).any()):
+        hits = values.view(torch.int16) == top.view(torch.int16)[:, None]
+    else:
+        hits = values == top[:, None]
+    return hits.view(torch.uint8).max(-1)[1]
 
 
 def categorical(probs: torch.Tensor, block: int = 1024) -> torch.Tensor:
