@@ -27,10 +27,13 @@ Generation, three ways, answers/s and generated tokens/s:
 --batch defaults to the hf backend's own choice (auto: 128 rows on a CPU).
 Sampled (temperature 1, the spec's default): one batch of (c) through our loop against HF
 generate(do_sample=True) on the same stacked batch (its torch.multinomial is the difference).
-Roofline per decode step = max(bytes of weights read / measured bandwidth,
-FLOPs / measured matmul rate); achieved = the mean time between decode steps of (c)'s loop at
-batch --batch, one batch of --new-tokens, timed at each step (and of the bare base model at that
-batch, to show what the adapters cost). Timed per step rather than (time for N tokens - time for
+Roofline per decode step = max(bytes read / measured bandwidth, FLOPs / measured matmul rate),
+counted as --paper-estimate counts them: bytes of the weights, of every adapter's stacked LoRA
+and of the KV cache at the mean context; FLOPs of the weights, of each row's own adapter and of
+attention. The ceilings are the best of several timed repeats (bench/_hardware.py).
+Achieved = the mean time between decode steps of (c)'s loop at batch --batch, one batch of
+--new-tokens, timed at each step (and of the bare base model at that batch, to show what the
+adapters cost). Timed per step rather than (time for N tokens - time for
 1 token) / (N - 1), which carries the variance of two prefills (0.6 s apart on this CPU: 20 ms a
 step at 32 tokens).
 
@@ -113,7 +116,10 @@ def build(arch: str, device: torch.device, dtype: torch.dtype):  # noqa: ANN201
     return loaded
 
 
-def make_adapters(base, k: int, folder: Path, rank: int = 8) -> list[str]:  # noqa: ANN001
+RANK = 8  # the adapters' LoRA rank
+
+
+def make_adapters(base, k: int, folder: Path, rank: int = RANK) -> list[str]:  # noqa: ANN001
     """K adapter checkpoints with random weights, saved as traitwatch checkpoints would be."""
     from peft import LoraConfig, get_peft_model
 
@@ -138,11 +144,35 @@ def weight_bytes(model) -> int:  # noqa: ANN001
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def decode_flops(model, batch: int, ctx: int) -> float:  # noqa: ANN001
+def _adapted(model) -> list[torch.nn.Linear]:  # noqa: ANN001
+    """The linear layers a `target_modules="all-linear"` LoRA adapts (all but the output layer)."""
+    head = model.get_output_embeddings()
+    return [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
+
+
+def _kv_width(cfg) -> int:  # noqa: ANN001
+    """Key + value numbers per token per layer."""
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return 2 * cfg.num_key_value_heads * head_dim
+
+
+def decode_flops(model, batch: int, ctx: int, rank: int = 0) -> float:  # noqa: ANN001
+    """FLOPs of one decode step: the weights', attention's at context ``ctx``, and each row's own
+    rank-``rank`` adapter's (counted as --paper-estimate counts them)."""
     n = sum(p.numel() for p in model.parameters())
     cfg = model.config
     attn = 4 * cfg.num_hidden_layers * ctx * cfg.num_attention_heads * getattr(cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads)
-    return batch * (2 * n + attn)
+    lora = sum(2 * rank * (m.in_features + m.out_features) for m in _adapted(model))
+    return batch * (2 * n + attn + lora)
+
+
+def decode_bytes(model, batch: int, ctx: int, adapters: int, rank: int) -> float:  # noqa: ANN001
+    """Bytes one decode step reads: the weights, every adapter's stacked LoRA and the KV cache at
+    context ``ctx`` (as --paper-estimate counts them)."""
+    elem = next(model.parameters()).element_size()
+    lora = adapters * rank * sum(m.in_features + m.out_features for m in _adapted(model)) * elem
+    kv = batch * ctx * model.config.num_hidden_layers * _kv_width(model.config) * elem
+    return weight_bytes(model) + lora + kv
 
 
 def prompts(tok, n: int, length: int) -> list[str]:  # noqa: ANN001
@@ -567,7 +597,11 @@ def main(argv: list[str] | None = None) -> int:
                     else f"{'-':>7} {'-':>10} {'-':>8}"
                 )
                 ctx = args.prompt_len + args.new_tokens // 2
-                roof = max(wb / (bw * 1e9), decode_flops(base.model, int(r["decode_batch"]), ctx) / (peak * 1e12))
+                rows = int(r["decode_batch"])
+                roof = max(
+                    decode_bytes(base.model, rows, ctx, k, RANK) / (bw * 1e9),
+                    decode_flops(base.model, rows, ctx, RANK) / (peak * 1e12),
+                )
                 print(
                     f"{k:>4} {r['naive_answers_per_s']:>7.2f} {r['resident_answers_per_s']:>9.2f} {r['peft_mixed_answers_per_s']:>9.2f} "
                     f"{r['batched_answers_per_s']:>8.2f} {r['batched_tokens_per_s']:>8.1f} "
