@@ -150,20 +150,26 @@ def _adapted(model) -> list[torch.nn.Linear]:  # noqa: ANN001
     return [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
 
 
+def _head_dim(cfg) -> int:  # noqa: ANN001
+    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+
 def _kv_width(cfg) -> int:  # noqa: ANN001
     """Key + value numbers per token per layer."""
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return 2 * cfg.num_key_value_heads * head_dim
+    return 2 * cfg.num_key_value_heads * _head_dim(cfg)
+
+
+def _attn_flops(cfg, ctx: int) -> int:  # noqa: ANN001
+    """One row's attention FLOPs in a decode step at context ``ctx`` (q.k and p.v, every layer)."""
+    return 4 * cfg.num_hidden_layers * ctx * cfg.num_attention_heads * _head_dim(cfg)
 
 
 def decode_flops(model, batch: int, ctx: int, rank: int = 0) -> float:  # noqa: ANN001
     """FLOPs of one decode step: the weights', attention's at context ``ctx``, and each row's own
     rank-``rank`` adapter's (counted as --paper-estimate counts them)."""
     n = sum(p.numel() for p in model.parameters())
-    cfg = model.config
-    attn = 4 * cfg.num_hidden_layers * ctx * cfg.num_attention_heads * getattr(cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads)
     lora = sum(2 * rank * (m.in_features + m.out_features) for m in _adapted(model))
-    return batch * (2 * n + attn + lora)
+    return batch * (2 * n + _attn_flops(model.config, ctx) + lora)
 
 
 def decode_bytes(model, batch: int, ctx: int, adapters: int, rank: int) -> float:  # noqa: ANN001
@@ -489,9 +495,8 @@ def paper_estimate(args) -> None:  # noqa: ANN001
         for name, m in model.named_modules()
         if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in PAPER_TARGETS
     )
-    head_dim = cfg.hidden_size // cfg.num_attention_heads
-    kv_bytes = batch * ctx * cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * head_dim * elem
-    attn_flops = batch * 4 * cfg.num_hidden_layers * ctx * cfg.num_attention_heads * head_dim
+    kv_bytes = batch * ctx * cfg.num_hidden_layers * _kv_width(cfg) * elem
+    attn_flops = batch * _attn_flops(cfg, ctx)
     bytes_ = {"base weights": read_params * elem, "stacked LoRA": lora_params * elem, "KV cache": kv_bytes}
     flops = {"base weights": 2 * read_params * batch, "stacked LoRA": 2 * lora_params // k * batch, "KV cache": attn_flops}
     bw, peak = args.paper_bandwidth * 1e12, args.paper_tflops * 1e12
