@@ -12,10 +12,10 @@ asked for and vLLM does not apply. Here:
   (the slice's logits stay in cache; no [rows x vocab] tensor), with the first index winning
   ties exactly as ``argmax`` over the full row does, so the tokens equal ``generate``'s;
 * sampling computes full float32 logits and applies temperature and top-p by transformers'
-  rules, as ``generate`` does (top-p among the likeliest words, not by sorting all), then draws by vectorised inverse transform sampling
-  (:func:`categorical`: the same distribution as ``generate``'s ``torch.multinomial``, which
-  on a CPU took several times a whole decode step; another random stream, so the same seed
-  gives other samples than ``generate``);
+  rules, as ``generate`` does (top-p among the likeliest words, not by sorting all), then
+  draws by vectorised inverse transform sampling (:func:`categorical`: the same distribution
+  as ``generate``'s ``torch.multinomial``, which on a CPU took several times a whole decode
+  step; another random stream, so the same seed gives other samples than ``generate``);
 * a row that emits a stop token or reaches ``max_new_tokens`` is dropped from the batch and
   from the KV cache (once an eighth of the rows are done), so later steps compute only the
   rows still answering.
